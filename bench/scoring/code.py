@@ -10,7 +10,6 @@ runner reports it with a per-run secret (nonce) that the program never sees in i
 from __future__ import annotations
 
 import ast
-import json
 import os
 import re
 import secrets
@@ -32,11 +31,11 @@ PROGRAM_FILE = "program.py"
 # introspects interpreter frames could still find the nonce; the sandbox, not the nonce, keeps the host safe.
 RUNNER = r'''
 def _bench_runner():
-    import json, os, sys, traceback
+    import os, sys  # builtin modules only: json/traceback would add ~9 ms of imports to every run
     nonce = sys.stdin.readline().strip()
     report_fd = os.dup(1)
     def report(status, **info):
-        line = nonce + " " + json.dumps(dict(status=status, **info)) + "\n"
+        line = nonce + " " + repr(dict(status=status, **info)) + "\n"
         try:
             os.write(report_fd, line.encode("utf-8", "replace"))
         except OSError:
@@ -58,9 +57,13 @@ def _bench_runner():
         report("exited", error="SystemExit(%r)" % (exc.code,))
     except BaseException as exc:
         line = ""
-        for frame in traceback.extract_tb(exc.__traceback__):
-            if frame.filename == path and frame.line:
-                line = frame.line
+        tb = exc.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == path:
+                lines = source.splitlines()
+                if 0 < tb.tb_lineno <= len(lines):
+                    line = lines[tb.tb_lineno - 1].strip()
+            tb = tb.tb_next
         error = "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
         report("failed", error=error[:300], line=line[:300])
     else:
@@ -161,13 +164,15 @@ def assemble_program(problem: CodeProblem, completion: str) -> str:
 
 
 def _parse_reports(stdout: str, nonce: str) -> list[dict]:
-    """Trusted reports are the JSON lines that follow the nonce; program output is ignored whatever it claims."""
+    """Trusted reports are the dict literals that follow the nonce; program output is ignored whatever it claims."""
     reports = []
     for chunk in stdout.split(nonce)[1:]:
         try:
-            reports.append(json.loads(chunk.split("\n", 1)[0]))
-        except json.JSONDecodeError:
+            report = ast.literal_eval(chunk.split("\n", 1)[0])
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
             continue
+        if isinstance(report, dict):
+            reports.append(report)
     return reports
 
 
