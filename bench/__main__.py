@@ -1,0 +1,155 @@
+"""`python -m bench ...`: compose the config with Hydra, build the run context, dispatch to the method.
+
+Runs, single or `-m` multirun, each get their own results folder and W&B run; nothing mutable is shared
+between jobs. The folder name is derived from the method, task, models and a hash of the config, so re-running
+the same command resumes (finished phases and cached generations are reused) while any change starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
+from hydra.plugins.search_path_plugin import SearchPathPlugin
+from omegaconf import DictConfig, OmegaConf
+
+from bench.config import register_configs
+
+logger = logging.getLogger("bench")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Keys that change where or how a run is logged but not what it computes: excluded from the run's identity.
+_NOT_IDENTITY = ("logger", "run_name", "resume", "results_dir", "experiment", "cache")
+
+
+class ExperimentsSearchPath(SearchPathPlugin):
+    """Makes the top-level experiments/ folder a config group: `python -m bench +experiments=<preset>`."""
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        if (REPO_ROOT / "experiments").is_dir():
+            search_path.append(provider="bench-experiments", path=f"file://{REPO_ROOT}")
+
+
+def config_identity(config: DictConfig) -> str:
+    resolved = OmegaConf.to_container(config, resolve=True)
+    assert isinstance(resolved, dict)
+    identity = {key: value for key, value in resolved.items() if key not in _NOT_IDENTITY}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def run_name(config: DictConfig, roles: tuple[str, ...]) -> str:
+    if config.run_name:
+        return str(config.run_name)
+    models = "-".join(f"{role[0]}_{config[role].name}" for role in ("student", "teacher") if role in roles)
+    return f"{config.method.name}-{config.task.name}-{models}-{config_identity(config)}"
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _environment() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "git_commit": _git_commit(), "argv": sys.argv}
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of the run's arms, printed at the end of every run."""
+    if not rows:
+        return "(no results)"
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+
+    def cell(value: Any) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    widths = {c: max(len(c), *(len(cell(row.get(c, ""))) for row in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(cell(row.get(c, "")).ljust(widths[c]) for c in columns) for row in rows]
+    return "\n".join(lines)
+
+
+def execute(config: DictConfig, progress: bool = True) -> dict[str, Any]:
+    """Run one job from a composed config; returns the metrics written to metrics.json."""
+    from bench.context import RunContext, make_checker
+    from bench.methods import make_method
+    from bench.tasks import make_task
+    from bench.tracking import RunStore, Tracker, WandbTracker
+
+    method = make_method(config.method)
+    name = run_name(config, method.roles)
+    store = RunStore(Path(config.results_dir) / config.experiment / name)
+    if not config.resume:
+        store.clear_phases()
+    store.write_text("config.yaml", OmegaConf.to_yaml(config, resolve=True))
+    task_config = OmegaConf.to_object(config.task)
+    task = make_task(task_config, make_checker(_task_kind(config.task.name), OmegaConf.to_object(config.scoring)))
+    store.write_json("splits.json", {"seed": config.task.seed, "source": task.splits.source, **task.splits.ids()})
+    tracker: Tracker = Tracker()
+    if config.logger.wandb:
+        tracker = WandbTracker(project=config.logger.project, entity=config.logger.entity, mode=config.logger.mode,
+                               name=name, group=config.experiment, tags=list(config.logger.tags),
+                               config=OmegaConf.to_container(config, resolve=True), directory=store.path("wandb"))
+    ctx = RunContext(config=config, task=task, store=store, tracker=tracker, run_id=name, progress=progress)
+    started = time.time()
+    try:
+        for role in method.roles:  # build models (and check API keys) before any work is done
+            ctx.model(role)
+        result = method.run(ctx)
+        metrics = {"run_id": name, "method": config.method.name, "task": config.task.name,
+                   "models": {role: ctx.model(role).model_id for role in method.roles},
+                   "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                   "wall_s": round(time.time() - started, 2), "environment": _environment(),
+                   **result.metrics, "rows": result.rows}
+        store.write_json("metrics.json", metrics)
+        tracker.summary({"rows": {row["arm"]: row for row in result.rows}})
+    finally:
+        tracker.finish()
+    print(f"\n{config.method.name} on {config.task.name} — results in {store.root}\n{format_table(result.rows)}")
+    return metrics
+
+
+def _task_kind(task_name: str) -> str:
+    from bench.tasks import TASKS
+
+    if task_name not in TASKS:
+        raise ValueError(f"unknown task {task_name!r}; available: {', '.join(sorted(TASKS))}")
+    return TASKS[task_name].kind
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="config")
+def main(config: DictConfig) -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if HydraConfig.get().mode.name == "MULTIRUN":
+        logger.info("multirun job %s", HydraConfig.get().job.num)
+    execute(config)
+
+
+def entry() -> None:
+    register_configs()
+    Plugins.instance().register(ExperimentsSearchPath)
+    main()
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,42 @@
+"""What every method is: a class with `run(ctx) -> MethodResult`, built from its config node."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from bench.context import RunContext
+
+
+@dataclass
+class MethodResult:
+    """`metrics` goes to metrics.json; `rows` are the lines of the summary table (one per evaluated arm)."""
+
+    metrics: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    roles: ClassVar[tuple[str, ...]]  # which models the method needs, built (and key-checked) before any work
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @abstractmethod
+    def run(self, ctx: RunContext) -> MethodResult:
+        ...
+
+
+def summary_row(arm: str, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """One table line from an evaluation's metrics: the fields every paper table shows."""
+    accuracy = metrics["accuracy"]
+    row = {"arm": arm, "n": metrics["n"], "accuracy": accuracy["mean"], "ci_low": accuracy["ci_low"],
+           "ci_high": accuracy["ci_high"]}
+    for key in ("accuracy_strict", "accuracy_flexible"):
+        if key in metrics:
+            row[key.removeprefix("accuracy_")] = metrics[key]["mean"]
+    row.update(extra)
+    return row

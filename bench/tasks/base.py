@@ -1,0 +1,146 @@
+"""What a task is: examples in fixed, recorded splits; how to prompt for one; how to score an answer."""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar
+
+from bench.config import TaskConfig
+from bench.models.base import GenerationRequest, Message, SamplingParams
+from bench.scoring.verdict import Verdict
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str  # stable whichever source (hub or local) the data came from
+    question: str  # what the model is asked; for code, the function signature + docstring
+    answer: str  # math: the gold final answer; code: the canonical solution body
+    solution: str  # a worked reference solution, usable as a fine-tuning target
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: tuple[Example, ...]
+    validation: tuple[Example, ...]
+    test: tuple[Example, ...]
+    seed: int
+    source: str
+
+    def __post_init__(self) -> None:
+        seen: dict[str, str] = {}
+        for name in SPLITS:
+            for example in self.get(name):
+                if example.id in seen:
+                    raise ValueError(f"example {example.id} is in both the {seen[example.id]} and the {name} split")
+                seen[example.id] = name
+
+    def get(self, name: str) -> tuple[Example, ...]:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+        return getattr(self, name)
+
+    def ids(self) -> dict[str, list[str]]:
+        return {name: [example.id for example in self.get(name)] for name in SPLITS}
+
+
+def carve(pool: Sequence[Example], seed: int, sizes: Mapping[str, int]) -> dict[str, tuple[Example, ...]]:
+    """Seeded split of one pool: sort by id (source order cannot matter), shuffle, cut in the order of `sizes`;
+    the remainder goes to the split named with size -1."""
+    ordered = sorted(pool, key=lambda example: example.id)
+    random.Random(seed).shuffle(ordered)
+    fixed = sum(size for size in sizes.values() if size >= 0)
+    if fixed > len(ordered):
+        raise ValueError(f"requested split sizes {dict(sizes)} exceed the {len(ordered)} available items")
+    result, start = {}, 0
+    rest = next((name for name, size in sizes.items() if size < 0), None)
+    for name, size in sizes.items():
+        if size >= 0:
+            result[name] = tuple(ordered[start:start + size])
+            start += size
+    if rest:
+        result[rest] = tuple(ordered[start:])
+    return result
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    kind: ClassVar[str]  # "math" | "code"
+    default_instruction: ClassVar[str]
+
+    def __init__(self, config: TaskConfig, checker: Any) -> None:
+        self.config = config
+        self.checker = checker
+
+    @abstractmethod
+    def _load_splits(self) -> Splits:
+        ...
+
+    @cached_property
+    def splits(self) -> Splits:
+        return self._load_splits()
+
+    def examples(self, split: str, limit: int | None = None) -> list[Example]:
+        items = list(self.splits.get(split))
+        if limit is not None:
+            if limit < 1:
+                raise ValueError(f"task.limit must be >= 1 (or null for all), got {limit}")
+            items = items[:limit]
+        return items
+
+    def few_shot_examples(self) -> list[Example]:
+        return self.examples("train", limit=self.config.few_shot) if self.config.few_shot else []
+
+    def user_message(self, example: Example) -> str:
+        instruction = self.config.instruction or self.default_instruction
+        return f"{example.question}\n\n{instruction}" if instruction else example.question
+
+    def request(self, example: Example, system_prompt: str | None = None, params: SamplingParams | None = None,
+                few_shot: Sequence[Example] = ()) -> GenerationRequest:
+        system = system_prompt if system_prompt is not None else self.config.system_prompt
+        messages: list[Message] = [Message("system", system)] if system else []
+        for shot in few_shot:
+            messages += [Message("user", self.user_message(shot)), Message("assistant", shot.solution)]
+        messages.append(Message("user", self.user_message(example)))
+        return GenerationRequest(tuple(messages), params or SamplingParams(max_new_tokens=self.config.max_new_tokens))
+
+    @abstractmethod
+    def score(self, example: Example, completion: str) -> Verdict:
+        ...
+
+    def score_many(self, examples: Sequence[Example], completions: Sequence[str], progress: bool = True
+                   ) -> list[Verdict]:
+        return [self.score(example, completion) for example, completion in zip(examples, completions)]
+
+    def score_details(self, example: Example, completion: str) -> dict[str, str]:
+        """Extra per-sample scores worth recording (e.g. strict and flexible math extraction)."""
+        return {}
+
+
+class MathTask(Task):
+    """Shared by GSM8K and MultiArith: same checker, same answer format."""
+
+    kind = "math"
+    default_instruction = 'Solve the problem step by step. End with a line "The answer is N." where N is a number.'
+
+    def score(self, example: Example, completion: str) -> Verdict:
+        return self.checker.score(completion, example.answer)
+
+    def score_details(self, example: Example, completion: str) -> dict[str, str]:
+        return {mode: verdict.status.value for mode, verdict in self.checker.score_modes(completion,
+                                                                                         example.answer).items()}
+
+
+def format_number(value: float | int | str) -> str:
+    """39.0 -> "39", 2.5 -> "2.5": answers as people write them."""
+    number = float(value)
+    return str(int(number)) if number.is_integer() else repr(number)

