@@ -1,0 +1,104 @@
+"""The sqlite generation cache: keys, order, persistence, threads."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from bench.models.base import Completion, GenerationRequest, Message, SamplingParams
+from bench.models.cache import CachedChatModel, GenerationCache, cache_key
+
+
+class CountingModel:
+    backend = "fake"
+
+    def __init__(self, model_id: str = "fake-1") -> None:
+        self.model_id = model_id
+        self.calls: list[list[str]] = []
+
+    def generate(self, requests: Sequence[GenerationRequest], progress: bool = True) -> list[Completion]:
+        self.calls.append([r.messages[-1].content for r in requests])
+        return [Completion((f"echo {r.messages[-1].content}",), 3, 2) for r in requests]
+
+
+def _request(text: str, **params) -> GenerationRequest:
+    return GenerationRequest.chat("sys", text, SamplingParams(**params))
+
+
+def test_miss_then_hit(tmp_path) -> None:
+    inner = CountingModel()
+    model = CachedChatModel(inner, GenerationCache(tmp_path / "c.sqlite"))
+    first = model.generate([_request("a")])
+    second = model.generate([_request("a")])
+    assert len(inner.calls) == 1
+    assert first[0].text == second[0].text and not first[0].cached and second[0].cached
+
+
+def test_only_misses_reach_the_model_and_order_is_kept(tmp_path) -> None:
+    inner = CountingModel()
+    model = CachedChatModel(inner, GenerationCache(tmp_path / "c.sqlite"))
+    model.generate([_request("b"), _request("d")])
+    results = model.generate([_request(x) for x in "abcde"])
+    assert inner.calls[-1] == ["a", "c", "e"]
+    assert [r.text for r in results] == [f"echo {x}" for x in "abcde"]
+    assert [r.cached for r in results] == [False, True, False, True, False]
+
+
+@pytest.mark.parametrize("change", [
+    dict(temperature=0.5), dict(seed=1), dict(max_new_tokens=99), dict(stop=("x",)), dict(top_p=0.5),
+    dict(temperature=1.0, n=2),
+])
+def test_every_sampling_parameter_is_in_the_key(change) -> None:
+    assert cache_key("hf", "m", _request("q")) != cache_key("hf", "m", _request("q", **change))
+
+
+def test_messages_model_and_backend_are_in_the_key() -> None:
+    base = cache_key("hf", "m", _request("q"))
+    assert base != cache_key("hf", "m", _request("q2"))
+    assert base != cache_key("hf", "m2", _request("q"))
+    assert base != cache_key("openai", "m", _request("q"))
+    other_system = GenerationRequest((Message("system", "other"), Message("user", "q")), SamplingParams())
+    assert base != cache_key("hf", "m", other_system)
+    assert base == cache_key("hf", "m", _request("q"))
+
+
+def test_persists_across_instances(tmp_path) -> None:
+    CachedChatModel(CountingModel(), GenerationCache(tmp_path / "c.sqlite")).generate([_request("a")])
+    inner = CountingModel()
+    CachedChatModel(inner, GenerationCache(tmp_path / "c.sqlite")).generate([_request("a")])
+    assert inner.calls == []
+
+
+def test_errors_are_not_cached(tmp_path) -> None:
+    class Failing(CountingModel):
+        def generate(self, requests, progress=True):
+            self.calls.append([])
+            return [Completion(("",), finish_reason="error") for _ in requests]
+
+    inner = Failing()
+    model = CachedChatModel(inner, GenerationCache(tmp_path / "c.sqlite"))
+    model.generate([_request("a")])
+    model.generate([_request("a")])
+    assert len(inner.calls) == 2
+
+
+def test_threads_share_one_cache(tmp_path) -> None:
+    cache = GenerationCache(tmp_path / "c.sqlite")
+    model = CachedChatModel(CountingModel(), cache)
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for i in range(20):
+                model.generate([_request(f"{offset}-{i}"), _request("shared")])
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(cache) == 81

@@ -1,0 +1,143 @@
+"""Task loaders on the local data, seeded splits, prompts and scoring."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.config import TaskConfig
+from bench.scoring import Status
+from bench.scoring.math import MathChecker
+from bench.tasks import make_task
+from bench.tasks.data import DataFormatError, DataUnavailableError, read_json_list, read_jsonl
+from bench.tasks.gsm8k import worked_solution
+from bench.tasks.multiarith import question_id
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason="local task data (../shared/data) not present")
+
+CONFIGS = {
+    "gsm8k": dict(hub_id="openai/gsm8k", hub_config="main", validation_size=200),
+    "multiarith": dict(hub_id="ChilleD/MultiArith", validation_size=60, test_size=180),
+    "humaneval": dict(hub_id="openai/openai_humaneval", validation_size=32, test_size=100),
+}
+
+
+def task_for(name: str, checker=None, **overrides):
+    config = TaskConfig(name=name, **{**CONFIGS[name], "local_dir": str(SHARED), **overrides})
+    return make_task(config, checker or MathChecker())
+
+
+@needs_data
+@pytest.mark.parametrize(("name", "sizes"), [("gsm8k", (7273, 200, 1319)), ("multiarith", (340, 60, 180)),
+                                             ("humaneval", (32, 32, 100))])
+def test_local_loaders_give_documented_sizes(name: str, sizes: tuple[int, int, int]) -> None:
+    splits = task_for(name).splits
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == sizes
+    assert splits.source.startswith("local:")
+
+
+@needs_data
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_splits_are_deterministic_disjoint_and_seeded(name: str) -> None:
+    first, again, other = task_for(name).splits, task_for(name).splits, task_for(name, seed=99).splits
+    assert first.ids() == again.ids()
+    ids = first.ids()
+    assert not (set(ids["train"]) & set(ids["validation"]) or set(ids["train"]) & set(ids["test"])
+                or set(ids["validation"]) & set(ids["test"]))
+    assert other.ids()["validation"] != ids["validation"]
+    if name == "gsm8k":  # the official test set does not depend on the seed
+        assert other.ids()["test"] == ids["test"]
+
+
+@needs_data
+def test_gsm8k_examples_and_solution_text() -> None:
+    example = task_for("gsm8k").examples("train", limit=1)[0]
+    assert example.id == "gsm8k/train/0" and example.answer == "72"
+    assert "<<" not in example.solution and example.solution.endswith("The answer is 72.")
+    assert worked_solution("a <<2*3=6>>6\n#### 1,000") == "a 6\nThe answer is 1000."
+
+
+def test_multiarith_ids_do_not_depend_on_the_source() -> None:
+    assert question_id(" Debby had  32 pieces.") == question_id("debby had 32 pieces.")
+    assert question_id("a") != question_id("b")
+
+
+@needs_data
+def test_limit_takes_the_first_items_in_split_order() -> None:
+    task = task_for("multiarith")
+    assert task.examples("test", limit=5) == task.examples("test")[:5]
+    with pytest.raises(ValueError, match="limit"):
+        task.examples("test", limit=0)
+    with pytest.raises(ValueError, match="unknown split"):
+        task.examples("dev")
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "broken"\n')
+    with pytest.raises(DataFormatError, match=r"train.jsonl:2: not valid JSON"):
+        read_jsonl(path, ("question", "answer"))
+    path.write_text('{"question": "q"}\n')
+    with pytest.raises(DataFormatError, match=r"train.jsonl:1: missing field\(s\) \['answer'\]"):
+        read_jsonl(path, ("question", "answer"))
+    gz = tmp_path / "x.jsonl.gz"
+    with gzip.open(gz, "wt") as stream:
+        stream.write(json.dumps({"a": 1}) + "\nnot json\n")
+    with pytest.raises(DataFormatError, match=r"x.jsonl.gz:2"):
+        read_jsonl(gz, ("a",))
+    items = tmp_path / "items.json"
+    items.write_text('[{"sQuestion": "q", "lSolutions": [1]}, {"sQuestion": "q2"}]')
+    with pytest.raises(DataFormatError, match="item 1"):
+        read_json_list(items, ("sQuestion", "lSolutions"))
+
+
+def test_malformed_local_task_file_fails_loading(tmp_path: Path) -> None:
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "train.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n{oops\n')
+    (tmp_path / "gsm8k" / "test.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n')
+    with pytest.raises(DataFormatError, match="train.jsonl:2"):
+        _ = task_for("gsm8k", local_dir=str(tmp_path), validation_size=0).splits
+
+
+def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataUnavailableError, match="BENCH_DATA_DIR"):
+        _ = task_for("gsm8k", local_dir=str(tmp_path)).splits
+
+
+@needs_data
+def test_request_has_system_few_shot_and_question() -> None:
+    task = task_for("gsm8k", few_shot=2, system_prompt="Be careful.")
+    example = task.examples("test", limit=1)[0]
+    request = task.request(example, few_shot=task.few_shot_examples())
+    roles = [m.role for m in request.messages]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert request.messages[0].content == "Be careful."
+    assert request.messages[2].content.endswith("The answer is 72.")
+    assert request.messages[-1].content.startswith(example.question) and "The answer is N" in request.messages[-1].content
+    assert task.request(example, system_prompt="Learned rules").messages[0].content == "Learned rules"
+    assert task.request(example, system_prompt="").messages[0].role == "user"
+
+
+@needs_data
+def test_math_scoring_with_both_modes() -> None:
+    task = task_for("multiarith")
+    example = task.examples("test", limit=1)[0]
+    assert task.score(example, f"... The answer is {example.answer}.").status is Status.PASSED
+    assert task.score(example, "The answer is 123456.").status is Status.FAILED
+    assert task.score_details(example, f"so {example.answer}") == {"strict": "no_answer", "flexible": "passed"}
+
+
+@needs_data
+def test_humaneval_scoring_in_the_sandbox() -> None:
+    from bench.scoring.code import CodeChecker, CodeExecutor
+    from bench.scoring.sandbox import make_sandbox
+
+    task = task_for("humaneval", checker=CodeChecker(CodeExecutor(make_sandbox("nsjail"), workers=2)))
+    examples = task.examples("test", limit=3)
+    canonical = [f"```python\n{e.question}{e.answer}\n```" for e in examples]
+    assert [v.status for v in task.score_many(examples, canonical, progress=False)] == [Status.PASSED] * 3
+    assert task.score(examples[0], "    return None\n").status is Status.FAILED

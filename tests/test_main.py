@@ -1,0 +1,113 @@
+"""The Hydra app end to end on the tiny model: config errors, results files, resume via cache, multirun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from bench.__main__ import config_identity, format_table
+from bench.config import register_configs
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["student=tiny", "teacher=tiny", "task.limit=4", "task.max_new_tokens=8", "logger=none"]
+
+
+def compose_run(overrides: list[str]):
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return compose(config_name="config", overrides=overrides)
+
+
+def run_bench(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    flags = [arg for arg in args if arg.startswith("-")]  # Hydra's flags (-m) must precede the overrides
+    overrides = [arg for arg in args if not arg.startswith("-")]
+    result = subprocess.run([sys.executable, "-m", "bench", *flags, f"results_dir={tmp_path / 'results'}",
+                             f"cache.path={tmp_path / 'cache.sqlite'}", *overrides],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    if check and result.returncode != 0:
+        pytest.fail(f"bench failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def test_default_config_composes_and_validates() -> None:
+    config = compose_run([])
+    assert (config.method.name, config.task.name, config.student.name) == ("baseline", "gsm8k", "smollm2")
+    assert config.scoring.sandbox == "nsjail"
+
+
+def test_misspelt_key_fails_at_once() -> None:
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)):
+        compose_run(["task.limt=5"])
+
+
+def test_wrong_type_fails_at_once() -> None:
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose_run(["task.limit=many"])
+
+
+def test_unknown_option_lists_the_valid_ones(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, "student=nope", check=False)
+    assert result.returncode != 0
+    assert "Could not find 'student/nope'" in result.stderr
+    assert "smollm2" in result.stderr and "tiny" in result.stderr
+
+
+def test_identity_ignores_logging_but_not_content() -> None:
+    base = config_identity(compose_run(FAST))
+    assert base == config_identity(compose_run([*FAST, "logger=wandb", "experiment=other"]))
+    assert base != config_identity(compose_run([*FAST, "task.limit=5"]))
+
+
+def test_baseline_run_writes_results_and_reruns_from_cache(tmp_path: Path) -> None:
+    first = run_bench(tmp_path, *FAST, "experiment=t")
+    runs = list((tmp_path / "results" / "t").glob("baseline-gsm8k-s_tiny-*"))
+    assert len(runs) == 1
+    run = runs[0]
+    for name in ("config.yaml", "splits.json", "metrics.json", "samples/student.jsonl", "metrics/student.json"):
+        assert (run / name).exists(), name
+    samples = [json.loads(line) for line in (run / "samples/student.jsonl").read_text().splitlines()]
+    assert len(samples) == 4
+    assert {"task_id", "messages", "completion", "status", "detail", "prompt_tokens", "completion_tokens",
+            "latency_s", "scores"} <= set(samples[0])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["evaluation"]["n"] == 4 and metrics["evaluation"]["cached"] == 0
+    assert {"mean", "ci_low", "ci_high"} <= set(metrics["evaluation"]["accuracy"])
+    splits = json.loads((run / "splits.json").read_text())
+    assert samples[0]["task_id"] in splits["test"] and not set(splits["test"]) & set(splits["train"])
+    assert "student (tiny)" in first.stdout  # the summary table
+
+    run_bench(tmp_path, *FAST, "experiment=t")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["evaluation"]["cached"] == 4, "a re-run must be served entirely from the cache"
+
+
+def test_multirun_gives_each_job_its_own_folder(tmp_path: Path) -> None:
+    run_bench(tmp_path, "-m", *FAST, "experiment=sweep", "task=gsm8k,multiarith")
+    runs = sorted(p.name.split("-")[1] for p in (tmp_path / "results" / "sweep").glob("baseline-*"))
+    assert runs == ["gsm8k", "multiarith"]
+
+
+def test_missing_api_key_fails_before_any_work(tmp_path: Path) -> None:
+    env_key = os.environ.pop("OPENAI_API_KEY", None)
+    try:
+        result = run_bench(tmp_path, *FAST, "teacher=gpt4o", "method.model=teacher", check=False)
+    finally:
+        if env_key is not None:
+            os.environ["OPENAI_API_KEY"] = env_key
+    assert result.returncode != 0 and "OPENAI_API_KEY" in result.stderr
+    assert not list((tmp_path / "results").rglob("samples"))
+
+
+def test_format_table() -> None:
+    table = format_table([{"arm": "a", "accuracy": 0.5}, {"arm": "bb", "accuracy": 0.25, "extra": 1}])
+    assert table.splitlines()[0].split() == ["arm", "accuracy", "extra"]
+    assert "0.250" in table
