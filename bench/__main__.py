@@ -93,6 +93,7 @@ def execute(config: DictConfig, progress: bool = True) -> dict[str, Any]:
     """Run one job from a composed config; returns the metrics written to metrics.json."""
     from bench.context import RunContext, make_checker
     from bench.methods import make_method
+    from bench.report import write_tables
     from bench.tasks import make_task
     from bench.tracking import RunStore, Tracker, WandbTracker
 
@@ -125,7 +126,9 @@ def execute(config: DictConfig, progress: bool = True) -> dict[str, Any]:
         tracker.summary({"rows": {row["arm"]: row for row in result.rows}})
     finally:
         tracker.finish()
+    tables = write_tables(Path(config.results_dir), Path(config.results_dir) / "tables", config.experiment)
     print(f"\n{config.method.name} on {config.task.name} — results in {store.root}\n{format_table(result.rows)}")
+    print(f"tables of experiment {config.experiment!r}: {', '.join(str(path) for path in tables)}")
     return metrics
 
 

@@ -98,6 +98,30 @@ class BaselineConfig(MethodConfig):
 
 
 @dataclass
+class CDConfig(MethodConfig):
+    """Concept Distillation. The paper leaves these choices open; defaults are documented in conf/method/cd.yaml."""
+
+    name: str = "cd"
+    base_prompt: str | None = None  # null = task.system_prompt
+    train_sample: int = 64  # train items the student answers in initialization
+    max_mistakes: int = 16  # mistakes passed to the teacher
+    mistakes_per_call: int = 4  # mistakes shown to the teacher in one induction request
+    rules_per_call: int = 3  # most rules accepted from one teacher reply
+    calls_per_round: int = 4  # induction requests sent together; the budget is checked between rounds
+    malformed_retries: int = 2  # re-asks (new seed) when a teacher reply has no parseable rules
+    dedup_similarity: float = 0.85  # rules this similar (difflib ratio, normalised text) count as duplicates
+    selection: str = "greedy"  # greedy (cumulative, in induction order) | independent (gain of each rule alone)
+    min_gain: float = 0.0  # a rule is kept only if validation accuracy rises by more than this
+    max_rules: int = 5
+    validation_limit: int | None = None  # first N validation items (null = all)
+    merge: str = "list"  # list (numbered rules under the base prompt) | teacher (teacher consolidates them)
+    teacher_max_new_tokens: int = 512
+    teacher_temperature: float = 0.0
+    budget_usd: float | None = None  # stop induction cleanly once the teacher has cost this much
+    prompt_from: str | None = None  # transfer: a CD run folder or a prompt file; skips learning
+
+
+@dataclass
 class RunConfig:
     method: Any = MISSING
     task: TaskConfig = MISSING
@@ -123,3 +147,4 @@ def register_configs(store: ConfigStore | None = None) -> None:
     store.store(group="scoring", name="scoring_schema", node=ScoringConfig)
     store.store(group="logger", name="logger_schema", node=LoggerConfig)
     store.store(group="method", name="baseline_schema", node=BaselineConfig)
+    store.store(group="method", name="cd_schema", node=CDConfig)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from bench.methods.base import Method, MethodResult
 from bench.methods.baseline import Baseline
+from bench.methods.concept_distillation import ConceptDistillation
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Baseline,)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Baseline, ConceptDistillation)}
 
 
 def make_method(config) -> Method:

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class ScriptedServer:
-    def __init__(self, statuses: list[int], reply: str = "The answer is 4.") -> None:
-        self.statuses = list(statuses)
+    def __init__(self, statuses: list[int] | None = None, reply: str | Callable[[dict], str] = "The answer is 4.",
+                 prompt_tokens: int = 11, completion_tokens: int = 5) -> None:
+        self.statuses = list(statuses or [])
+        self.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}
         self.reply = reply
         self.requests: list[dict] = []
         owner = self
@@ -29,9 +33,9 @@ class ScriptedServer:
                 if status == 200:
                     payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                "choices": [{"index": i, "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": owner.reply}}
+                                            "message": {"role": "assistant", "content": owner.answer(body)}}
                                            for i in range(body.get("n", 1))],
-                               "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}}
+                               "usage": owner.usage}
                 else:
                     payload = {"error": {"message": f"scripted status {status}", "type": "test", "code": status}}
                 data = json.dumps(payload).encode()
@@ -44,6 +48,9 @@ class ScriptedServer:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def answer(self, body: dict) -> str:
+        return self.reply(body) if callable(self.reply) else self.reply
 
     def __enter__(self) -> ScriptedServer:
         self.thread.start()
