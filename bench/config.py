@@ -122,6 +122,46 @@ class CDConfig(MethodConfig):
 
 
 @dataclass
+class LoRAConfig:
+    r: int = 4  # repo defaults (alonso130r/knowledge-distillation)
+    alpha: int = 8
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 5e-6
+    epochs: int = 2
+    batch_size: int = 1
+    grad_accum: int = 1
+    max_length: int = 256  # tokens of prompt + answer; longer examples are truncated from the answer's end
+    max_grad_norm: float = 1.0
+    save_every: int = 50  # optimizer steps between resumable checkpoints
+    gradient_checkpointing: bool = False  # on GPU for long sequences
+    seed: int = 0
+
+
+@dataclass
+class RPKDConfig(MethodConfig):
+    """Response-Priming KD. Every arm trains on the same items for the same steps with the same seed."""
+
+    name: str = "rpkd"
+    arms: list[str] = field(default_factory=lambda: ["no_train", "gt_finetune", "ground_truth"])
+    custom_priming: str | None = None  # text of the `custom` arm's priming prompt
+    signal: str = "token"  # token (same tokenizer: top-k teacher logits) | sequence (teacher-written solutions)
+    top_k: int = 20  # teacher log-probs cached per answer position
+    temperature: float = 5.94  # KD temperature T (repo value)
+    alpha: float = 0.609  # weight of cross-entropy; 1 - alpha weighs T^2 * KL (repo value)
+    train_limit: int | None = 2638  # first N train items (repo: GSM8K train[:2638])
+    filter_correct: bool = True  # sequence-level: keep only teacher solutions the scorer accepts
+    teacher_batch_size: int = 4
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
 class RunConfig:
     method: Any = MISSING
     task: TaskConfig = MISSING
@@ -148,3 +188,4 @@ def register_configs(store: ConfigStore | None = None) -> None:
     store.store(group="logger", name="logger_schema", node=LoggerConfig)
     store.store(group="method", name="baseline_schema", node=BaselineConfig)
     store.store(group="method", name="cd_schema", node=CDConfig)
+    store.store(group="method", name="rpkd_schema", node=RPKDConfig)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from bench.methods.base import Method, MethodResult
 from bench.methods.baseline import Baseline
 from bench.methods.concept_distillation import ConceptDistillation
+from bench.methods.response_priming import ResponsePrimingKD
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Baseline, ConceptDistillation)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Baseline, ConceptDistillation, ResponsePrimingKD)}
 
 
 def make_method(config) -> Method:

@@ -1,0 +1,75 @@
+"""`method=rpkd` end to end on the tiny model: token-level arms, sequence-level filtering, resume, equal budgets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from scripted_server import ScriptedServer
+
+from bench.__main__ import execute
+from bench.config import register_configs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def rpkd_config(tmp_path: Path, *extra: str):
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return compose(config_name="config", overrides=[
+            "method=rpkd", "student=tiny", "teacher=tiny", "task=gsm8k", "task.limit=3", "task.max_new_tokens=6",
+            "method.train_limit=3", "method.train.epochs=1", "method.train.max_length=192",
+            "method.train.optimizer=adamw", "method.train.lr=0.01", f"results_dir={tmp_path / 'results'}",
+            f"cache.path={tmp_path / 'cache.sqlite'}", "experiment=rpkd", *extra])
+
+
+def run_folder(tmp_path: Path) -> Path:
+    (folder,) = (tmp_path / "results" / "rpkd").glob("rpkd-gsm8k-*")
+    return folder
+
+
+def test_token_level_arms_train_equally_and_are_evaluated_on_the_same_items(tmp_path: Path) -> None:
+    metrics = execute(rpkd_config(tmp_path, "method.arms=[no_train,gt_finetune,ground_truth,confidence]"),
+                      progress=False)
+    folder = run_folder(tmp_path)
+    assert [row["arm"] for row in metrics["rows"]] == ["no_train", "gt_finetune", "ground_truth", "confidence"]
+    training = metrics["training"]
+    assert {arm: t["steps"] for arm, t in training.items()} == {"gt_finetune": 3, "ground_truth": 3,
+                                                                "confidence": 3}
+    assert training["gt_finetune"]["alpha"] == 1.0 and training["ground_truth"]["alpha"] == 0.609
+    for arm in ("ground_truth", "confidence"):
+        assert (folder / "artifacts" / arm / "teacher_topk.pt").exists()
+        losses = [json.loads(line) for line in (folder / "artifacts" / arm / "losses.jsonl").read_text().splitlines()]
+        assert all(row["kl"] > 0 for row in losses)
+    ids = {arm: [json.loads(line)["task_id"] for line in (folder / f"samples/test_{arm}.jsonl").read_text().splitlines()]
+           for arm in ("no_train", "gt_finetune", "ground_truth")}
+    assert ids["no_train"] == ids["gt_finetune"] == ids["ground_truth"]
+    assert "paired_vs_no_train" in metrics["arms"]["ground_truth"]
+    models = {json.loads((folder / f"samples/test_{arm}.jsonl").read_text().splitlines()[0])["model_id"]
+              for arm in ids}
+    assert len(models) == 3  # each adapter is a distinct model (and cache key)
+
+
+def test_rerun_resumes_every_finished_phase(tmp_path: Path) -> None:
+    execute(rpkd_config(tmp_path), progress=False)
+    folder = run_folder(tmp_path)
+    adapter = folder / "artifacts" / "ground_truth" / "adapter" / "adapter_model.safetensors"
+    stamp = adapter.stat().st_mtime_ns
+    metrics = execute(rpkd_config(tmp_path), progress=False)
+    assert adapter.stat().st_mtime_ns == stamp  # not retrained
+    assert all(arm["cached"] == arm["n"] for arm in metrics["arms"].values())  # no new generations
+
+
+def test_sequence_level_keeps_only_accepted_teacher_solutions(tmp_path: Path) -> None:
+    # The scripted teacher always answers 72: right for "Natalia" (train item 0), wrong for the others.
+    with ScriptedServer(reply="48 / 2 = 24 and 48 + 24 = 72.\nThe answer is 72.") as teacher:
+        metrics = execute(rpkd_config(tmp_path, "method.signal=sequence", "method.arms=[no_train,teacher]",
+                                      "teacher=openai_compatible", f"teacher.base_url={teacher.base_url}",
+                                      "teacher.model_id=scripted"), progress=False)
+    folder = run_folder(tmp_path)
+    solutions = [json.loads(line) for line in
+                 (folder / "artifacts" / "teacher" / "teacher_solutions.jsonl").read_text().splitlines()]
+    assert [s["kept"] for s in solutions] == [True, False, False]
+    assert metrics["training"]["teacher"]["items"] == 1
+    assert teacher.requests[0]["messages"][0]["content"].startswith("You are a teacher guiding a student")
