@@ -9,21 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from compose import compose_config, needs_data
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from bench.__main__ import config_identity, format_table
-from bench.config import register_configs
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["student=tiny", "teacher=tiny", "task.limit=4", "task.max_new_tokens=8", "logger=none"]
 
 
-def compose_run(overrides: list[str]):
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        return compose(config_name="config", overrides=overrides)
+compose_run = compose_config
 
 
 def run_bench(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -67,6 +63,7 @@ def test_identity_ignores_logging_but_not_content() -> None:
     assert base != config_identity(compose_run([*FAST, "task.limit=5"]))
 
 
+@needs_data
 def test_baseline_run_writes_results_and_reruns_from_cache(tmp_path: Path) -> None:
     first = run_bench(tmp_path, *FAST, "experiment=t")
     runs = list((tmp_path / "results" / "t").glob("baseline-gsm8k-s_tiny-*"))
@@ -90,12 +87,14 @@ def test_baseline_run_writes_results_and_reruns_from_cache(tmp_path: Path) -> No
     assert metrics["evaluation"]["cached"] == 4, "a re-run must be served entirely from the cache"
 
 
+@needs_data
 def test_multirun_gives_each_job_its_own_folder(tmp_path: Path) -> None:
     run_bench(tmp_path, "-m", *FAST, "experiment=sweep", "task=gsm8k,multiarith")
     runs = sorted(p.name.split("-")[1] for p in (tmp_path / "results" / "sweep").glob("baseline-*"))
     assert runs == ["gsm8k", "multiarith"]
 
 
+@needs_data
 def test_missing_api_key_fails_before_any_work(tmp_path: Path) -> None:
     env_key = os.environ.pop("OPENAI_API_KEY", None)
     try:

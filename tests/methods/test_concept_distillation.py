@@ -6,16 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from compose import compose_config, isolated, needs_data, only_run_folder
 from scripted_server import ScriptedServer
 
 from bench.__main__ import execute
-from bench.config import register_configs
 
-REPO = Path(__file__).resolve().parents[2]
 GOOD_REPLY = ("EXPLANATION: The student did not compute step by step.\nRULES:\n"
               "- Write every intermediate calculation on its own line.\n"
               "- Finish with the sentence 'The answer is N.' using only digits for N.\n")
+
+
+pytestmark = needs_data
 
 
 def rules_reply(body: dict) -> str:
@@ -25,19 +26,16 @@ def rules_reply(body: dict) -> str:
 
 
 def cd_config(tmp_path: Path, base_url: str, *extra: str):
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        return compose(config_name="config", overrides=[
-            "method=cd", "student=tiny", "teacher=openai_compatible", f"teacher.base_url={base_url}",
-            "teacher.model_id=scripted-teacher", "task=gsm8k", "task.limit=3", "task.max_new_tokens=6",
-            "task.validation_size=4", "method.train_sample=6", "method.max_mistakes=4",
-            "method.mistakes_per_call=2", "method.calls_per_round=1", f"results_dir={tmp_path / 'results'}",
-            f"cache.path={tmp_path / 'cache.sqlite'}", "experiment=cd", *extra])
+    return compose_config([
+        "method=cd", "student=tiny", "teacher=openai_compatible", f"teacher.base_url={base_url}",
+        "teacher.model_id=scripted-teacher", "task=gsm8k", "task.limit=3", "task.max_new_tokens=6",
+        "task.validation_size=4", "method.train_sample=6", "method.max_mistakes=4",
+        "method.mistakes_per_call=2", "method.calls_per_round=1",
+        *isolated(tmp_path, "cd"), *extra])
 
 
 def run_folder(tmp_path: Path) -> Path:
-    (folder,) = (tmp_path / "results" / "cd").glob("cd-gsm8k-*")
-    return folder
+    return only_run_folder(tmp_path, "cd")
 
 
 def test_cd_end_to_end_records_every_artifact(tmp_path: Path) -> None:
@@ -120,12 +118,10 @@ def test_transfer_evaluates_a_learned_prompt_without_a_teacher(tmp_path: Path, m
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("Follow these rules:\n1. Check every step.\n")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        config = compose(config_name="config", overrides=[
-            "method=cd", f"method.prompt_from={prompt}", "student=tiny", "teacher=gpt4o", "task=multiarith",
-            "task.limit=3", "task.max_new_tokens=6", f"results_dir={tmp_path / 'results'}",
-            f"cache.path={tmp_path / 'cache.sqlite'}"])
+    config = compose_config([
+        "method=cd", f"method.prompt_from={prompt}", "student=tiny", "teacher=gpt4o", "task=multiarith",
+        "task.limit=3", "task.max_new_tokens=6", f"results_dir={tmp_path / 'results'}",
+        f"cache.path={tmp_path / 'cache.sqlite'}"])
     metrics = execute(config, progress=False)
     assert metrics["transfer_from"] == str(prompt) and metrics["final_prompt"].endswith("Check every step.")
     assert list(metrics["models"]) == ["student"]

@@ -5,28 +5,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from compose import compose_config, isolated, needs_data, only_run_folder
 from scripted_server import ScriptedServer
 
 from bench.__main__ import execute
-from bench.config import register_configs
 
-REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = needs_data
 
 
 def rpkd_config(tmp_path: Path, *extra: str):
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        return compose(config_name="config", overrides=[
-            "method=rpkd", "student=tiny", "teacher=tiny", "task=gsm8k", "task.limit=3", "task.max_new_tokens=6",
-            "method.train_limit=3", "method.train.epochs=1", "method.train.max_length=192",
-            "method.train.optimizer=adamw", "method.train.lr=0.01", f"results_dir={tmp_path / 'results'}",
-            f"cache.path={tmp_path / 'cache.sqlite'}", "experiment=rpkd", *extra])
+    return compose_config([
+        "method=rpkd", "student=tiny", "teacher=tiny", "task=gsm8k", "task.limit=3", "task.max_new_tokens=6",
+        "method.train_limit=3", "method.train.epochs=1", "method.train.max_length=192",
+        "method.train.optimizer=adamw", "method.train.lr=0.01",
+        *isolated(tmp_path, "rpkd"), *extra])
 
 
 def run_folder(tmp_path: Path) -> Path:
-    (folder,) = (tmp_path / "results" / "rpkd").glob("rpkd-gsm8k-*")
-    return folder
+    return only_run_folder(tmp_path, "rpkd")
 
 
 def test_token_level_arms_train_equally_and_are_evaluated_on_the_same_items(tmp_path: Path) -> None:

@@ -16,8 +16,7 @@ from bench.tasks.data import DataFormatError, DataUnavailableError, read_json_li
 from bench.tasks.gsm8k import worked_solution
 from bench.tasks.multiarith import question_id
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
-needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason="local task data (../shared/data) not present")
+from compose import needs_data
 
 CONFIGS = {
     "gsm8k": dict(hub_id="openai/gsm8k", hub_config="main", validation_size=200),
@@ -27,7 +26,7 @@ CONFIGS = {
 
 
 def task_for(name: str, checker=None, **overrides):
-    config = TaskConfig(name=name, **{**CONFIGS[name], "local_dir": str(SHARED), **overrides})
+    config = TaskConfig(name=name, **{**CONFIGS[name], **overrides})
     return make_task(config, checker or MathChecker())
 
 
