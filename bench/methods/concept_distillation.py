@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 SELECTIONS = ("greedy", "independent")
 MERGES = ("list", "teacher")
+RETRY_TEMPERATURE = 0.7
 
 
 def load_prompt(source: str) -> str:
@@ -81,7 +82,9 @@ class ConceptDistillation(Method):
     def _teacher_params(self, ctx: RunContext, seed_offset: int = 0) -> SamplingParams:
         base = ctx.sampling("teacher", max_new_tokens=self.config.teacher_max_new_tokens,
                             temperature=self.config.teacher_temperature)
-        return SamplingParams(max_new_tokens=base.max_new_tokens, temperature=base.temperature, top_p=base.top_p,
+        # A greedy teacher would repeat a malformed reply word for word: retries sample instead.
+        temperature = base.temperature if seed_offset == 0 or base.temperature > 0 else RETRY_TEMPERATURE
+        return SamplingParams(max_new_tokens=base.max_new_tokens, temperature=temperature, top_p=base.top_p,
                               seed=base.seed + seed_offset)
 
     # ------------------------------------------------------------------ phase 1
