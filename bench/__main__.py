@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import socket
 import subprocess
@@ -69,6 +70,7 @@ def _environment() -> dict[str, Any]:
     import transformers
 
     return {"python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
+            "cpus": os.cpu_count(),
             "torch": torch.__version__, "transformers": transformers.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "git_commit": _git_commit(), "argv": sys.argv}

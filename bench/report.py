@@ -15,6 +15,12 @@ from typing import Any
 COLUMNS = ("task", "method", "models", "arm", "n", "accuracy", "95% CI", "Δ vs base", "paired p")
 
 
+def machine(environment: dict[str, Any]) -> str:
+    """Where a number came from, for the table's footnote."""
+    device = environment.get("cuda") or f"CPU only, {environment.get('cpus', '?')} cores"
+    return f"{device}; torch {environment.get('torch', '?')}; commit {str(environment.get('git_commit'))[:8]}"
+
+
 def collect(results_dir: Path, experiment: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """Table rows per experiment, from all complete runs."""
     tables: dict[str, list[dict[str, Any]]] = {}
@@ -30,7 +36,7 @@ def collect(results_dir: Path, experiment: str | None = None) -> dict[str, list[
                 "arm": row["arm"], "n": row["n"], "accuracy": f"{100 * row['accuracy']:.1f}",
                 "95% CI": f"[{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}]",
                 "Δ vs base": f"{100 * row['diff']:+.1f}" if "diff" in row else "",
-                "paired p": _p_value(row),
+                "paired p": _p_value(row), "machine": machine(metrics.get("environment", {})),
             })
     return tables
 
@@ -43,6 +49,9 @@ def _p_value(row: dict[str, Any]) -> str:
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(str(row[c]) for c in COLUMNS) + " |" for row in rows]
+    machines = sorted({row["machine"] for row in rows})
+    lines += ["", "Accuracy in %, 95% bootstrap CI; paired p: exact McNemar against the run's base arm on the same "
+              "items. Measured on: " + " | ".join(machines)]
     return "\n".join(lines) + "\n"
 
 

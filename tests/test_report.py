@@ -29,4 +29,5 @@ def test_tables_from_runs(tmp_path: Path, capsys) -> None:
     main([str(tmp_path)])
     assert (tmp_path / "tables" / "exp.md").exists() and (tmp_path / "tables" / "exp.tex").exists()
     assert "CD prompt" in capsys.readouterr().out
+    assert "Measured on: CPU only" in (tmp_path / "tables" / "exp.md").read_text()
     assert "\\toprule" in (tmp_path / "tables" / "exp.tex").read_text()
