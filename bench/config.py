@@ -84,6 +84,7 @@ class LoggerConfig:
 class CacheConfig:
     enabled: bool = True
     path: str | None = None  # default: <user cache dir>/bench/generations.sqlite
+    flush_every: int = 64  # misses generated and stored per chunk: a killed run loses at most this many
 
 
 @dataclass

@@ -25,7 +25,8 @@ def build_model(config: ModelConfig, cache: CacheConfig | None = None) -> ChatMo
 
         from bench.models.cache import CachedChatModel, GenerationCache, default_cache_path
 
-        model = CachedChatModel(model, GenerationCache(Path(cache.path) if cache.path else default_cache_path()))
+        model = CachedChatModel(model, GenerationCache(Path(cache.path) if cache.path else default_cache_path()),
+                                flush_every=cache.flush_every)
     return model
 
 

@@ -3,7 +3,7 @@
 The key covers everything that changes the output — backend, model id (incl. revision/adapter), the full message
 list and every sampling parameter including seed and n — so a hit can never return a completion produced under
 different settings (a recurring bug report against peer harnesses). Re-running a finished evaluation makes zero
-model calls.
+model calls, and misses are sent and stored in chunks, so a run killed half-way keeps what it already generated.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from bench.models.base import ChatModel, Completion, GenerationRequest
 from bench.models.embedded import cache_root
@@ -69,11 +71,18 @@ class GenerationCache:
 
 
 class CachedChatModel:
-    """Serves hits from the cache and sends only the misses, in one call, to the wrapped model."""
+    """Serves hits from the cache and sends the misses to the wrapped model in chunks of `flush_every`.
 
-    def __init__(self, inner: ChatModel, cache: GenerationCache) -> None:
+    Each chunk is stored as soon as it returns: a crash or kill loses at most one chunk. Misses are ordered by
+    prompt length before chunking, so a batching backend still pads similar lengths together.
+    """
+
+    def __init__(self, inner: ChatModel, cache: GenerationCache, flush_every: int = 64) -> None:
+        if flush_every < 1:
+            raise ValueError(f"cache.flush_every must be >= 1, got {flush_every}")
         self.inner = inner
         self.cache = cache
+        self.flush_every = flush_every
 
     @property
     def model_id(self) -> str:
@@ -89,12 +98,19 @@ class CachedChatModel:
     def generate(self, requests: Sequence[GenerationRequest], progress: bool = True) -> list[Completion]:
         keys = [cache_key(self.backend, self.model_id, request) for request in requests]
         hits = self.cache.get_many(keys)
-        misses = [index for index, key in enumerate(keys) if key not in hits]
-        fresh = self.inner.generate([requests[i] for i in misses], progress=progress) if misses else []
-        self.cache.put_many([(keys[i], completion) for i, completion in zip(misses, fresh)
-                             if completion.finish_reason != "error"])
-        results: list[Completion] = [replace(hits[key], cached=True) if key in hits else None  # type: ignore[misc]
-                                     for key in keys]
-        for index, completion in zip(misses, fresh):
-            results[index] = completion
-        return results
+        results: list[Completion | None] = [replace(hits[key], cached=True) if key in hits else None
+                                            for key in keys]
+        misses = sorted((index for index, key in enumerate(keys) if key not in hits),
+                        key=lambda i: -sum(len(m.content) for m in requests[i].messages))
+        bar = tqdm(total=len(requests), initial=len(requests) - len(misses), unit="req",
+                   desc=f"generate {self.model_id[:40]}", disable=not progress or not misses)
+        for start in range(0, len(misses), self.flush_every):
+            chunk = misses[start:start + self.flush_every]
+            fresh = self.inner.generate([requests[i] for i in chunk], progress=False)
+            self.cache.put_many([(keys[i], completion) for i, completion in zip(chunk, fresh)
+                                 if completion.finish_reason != "error"])
+            for index, completion in zip(chunk, fresh):
+                results[index] = completion
+            bar.update(len(chunk))
+        bar.close()
+        return results  # type: ignore[return-value]  # every slot is a hit or a fresh completion

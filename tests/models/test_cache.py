@@ -102,3 +102,34 @@ def test_threads_share_one_cache(tmp_path) -> None:
     for thread in threads:
         thread.join()
     assert not errors and len(cache) == 81
+
+
+def test_misses_are_stored_chunk_by_chunk_so_a_killed_run_keeps_its_work(tmp_path) -> None:
+    class DiesOnThirdCall(CountingModel):
+        def generate(self, requests, progress=True):
+            if len(self.calls) == 2:
+                raise KeyboardInterrupt  # the user kills the run half-way
+            return super().generate(requests, progress)
+
+    path = tmp_path / "c.sqlite"
+    with pytest.raises(KeyboardInterrupt):
+        CachedChatModel(DiesOnThirdCall(), GenerationCache(path), flush_every=2).generate(
+            [_request(x) for x in "abcdef"], progress=False)
+    assert len(GenerationCache(path)) == 4
+    inner = CountingModel()
+    results = CachedChatModel(inner, GenerationCache(path), flush_every=2).generate(
+        [_request(x) for x in "abcdef"], progress=False)
+    assert inner.calls == [["e", "f"]]
+    assert [r.text for r in results] == [f"echo {x}" for x in "abcdef"]
+
+
+def test_chunks_group_similar_prompt_lengths(tmp_path) -> None:
+    inner = CountingModel()
+    CachedChatModel(inner, GenerationCache(tmp_path / "c.sqlite"), flush_every=2).generate(
+        [_request(x) for x in ("a", "bbbbbb", "cc", "dddddddd")], progress=False)
+    assert inner.calls == [["dddddddd", "bbbbbb"], ["cc", "a"]]
+
+
+def test_flush_every_must_be_positive(tmp_path) -> None:
+    with pytest.raises(ValueError, match="flush_every"):
+        CachedChatModel(CountingModel(), GenerationCache(tmp_path / "c.sqlite"), flush_every=0)
