@@ -70,8 +70,8 @@ def test_kd_loss_matches_a_hand_computation() -> None:
     # CE = -log(e^2 / (e^2 + 2))
     ce = -math.log(math.e**2 / (math.e**2 + 2))
     # teacher at T=2 renormalised over its top-2: p = (0.5, 0.5)
-    # student at T=2: logits (1, 0, 0) -> q = (e, 1, 1) / (e + 2), gathered at indices 0 and 1
-    q0, q1 = math.e / (math.e + 2), 1 / (math.e + 2)
+    # student at T=2 on the same support {0, 1}: logits (1, 0) -> q = (e, 1) / (e + 1)
+    q0, q1 = math.e / (math.e + 1), 1 / (math.e + 1)
     kl = 0.5 * math.log(0.5 / q0) + 0.5 * math.log(0.5 / q1)
     expected = alpha * ce + (1 - alpha) * temperature**2 * kl
     loss, ce_value, kl_value = kd_loss(student, target, teacher_indices, teacher_logits, temperature, alpha)
@@ -91,6 +91,28 @@ def test_kl_is_zero_when_student_equals_teacher_on_its_support() -> None:
     logits = torch.tensor([[3.0, 1.0, -50.0, -50.0]])
     _, _, kl = kd_loss(logits, torch.tensor([0]), torch.tensor([[0, 1]]), logits[:, :2], 2.0, 0.5)
     assert float(kl) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kl_ignores_the_students_mass_outside_the_teachers_top_k() -> None:
+    """At a high temperature most of the student's mass sits in the tail; that alone must not count as
+    divergence, or the loss pushes every top-k logit far above the vocabulary and flattens the student."""
+    teacher_top2 = torch.tensor([[3.0, 1.0]])
+    student = torch.tensor([[3.0, 1.0] + [2.0] * 1000])  # same top-2 shape, a heavy tail
+    _, _, kl = kd_loss(student, torch.tensor([0]), torch.tensor([[0, 1]]), teacher_top2, 5.94, 0.609)
+    assert float(kl) == pytest.approx(0.0, abs=1e-6)
+    shifted = student.clone()
+    shifted[0, :2] += 7.0  # same spacing on the support, only further above the tail: same loss
+    _, _, kl_shifted = kd_loss(shifted, torch.tensor([0]), torch.tensor([[0, 1]]), teacher_top2, 5.94, 0.609)
+    assert float(kl_shifted) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kl_gradient_moves_the_student_toward_the_teachers_ranking() -> None:
+    teacher_top2 = torch.tensor([[4.0, 0.0]])
+    student = torch.tensor([[0.0, 4.0, 1.0, 1.0]], requires_grad=True)  # ranks the two the other way round
+    loss, _, _ = kd_loss(student, torch.tensor([0]), torch.tensor([[0, 1]]), teacher_top2, 2.0, 0.0)
+    loss.backward()
+    assert student.grad[0, 0] < 0 < student.grad[0, 1]  # descent raises token 0 and lowers token 1
+    assert student.grad[0, 2:].abs().max() < 1e-7  # tail logits get no KL gradient
 
 
 def test_topk_cache_round_trip_and_values(tiny, tmp_path) -> None:
