@@ -150,7 +150,42 @@ def main(config: DictConfig) -> None:
     execute(config)
 
 
+METHOD_SHORTHANDS = ("cd", "rpkd")
+
+
+def expand_method_shorthand(overrides: list[str]) -> list[str]:
+    """Accept `cd.<key>=...` / `rpkd.<key>=...` (the spelling the papers' users reach for) as `method.<key>=...`.
+
+    Hydra keeps a group's options under the group's name (`method.`); the shorthand also selects the method when
+    no `method=` is given, and a shorthand that contradicts an explicit `method=` fails before any work.
+    """
+    used: set[str] = set()
+    expanded = []
+    for override in overrides:
+        prefix = override[: len(override) - len(override.lstrip("+~"))]
+        body = override[len(prefix):]
+        head, dot, rest = body.partition(".")
+        if dot and head in METHOD_SHORTHANDS:
+            used.add(head)
+            expanded.append(f"{prefix}method.{rest}")
+        else:
+            expanded.append(override)
+    if not used:
+        return expanded
+    if len(used) > 1:
+        raise SystemExit(f"error: options for two methods ({', '.join(sorted(used))}.*) in one command; "
+                         "a run has one method")
+    name = used.pop()
+    chosen = [o.split("=", 1)[1] for o in expanded if o.startswith("method=")]
+    if not chosen:
+        return [f"method={name}", *expanded]
+    if not any(name in value.split(",") for value in chosen):
+        raise SystemExit(f"error: {name}.* options need method={name}, but the command says method={chosen[-1]}")
+    return expanded
+
+
 def entry() -> None:
+    sys.argv[1:] = expand_method_shorthand(sys.argv[1:])
     register_configs()
     Plugins.instance().register(ExperimentsSearchPath)
     main()

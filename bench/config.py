@@ -150,6 +150,7 @@ class RPKDConfig(MethodConfig):
 
     name: str = "rpkd"
     arms: list[str] = field(default_factory=lambda: ["no_train", "gt_finetune", "ground_truth"])
+    priming: str | None = None  # one priming strategy instead of those in `arms` (baselines kept); for sweeps
     custom_priming: str | None = None  # text of the `custom` arm's priming prompt
     signal: str = "token"  # token (same tokenizer: top-k teacher logits) | sequence (teacher-written solutions)
     top_k: int = 20  # teacher log-probs cached per answer position

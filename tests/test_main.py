@@ -13,7 +13,7 @@ from compose import compose_config, needs_data
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from bench.__main__ import config_identity, format_table
+from bench.__main__ import config_identity, expand_method_shorthand, format_table
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["student=tiny", "teacher=tiny", "task.limit=4", "task.max_new_tokens=8", "logger=none"]
@@ -110,3 +110,25 @@ def test_format_table() -> None:
     table = format_table([{"arm": "a", "accuracy": 0.5}, {"arm": "bb", "accuracy": 0.25, "extra": 1}])
     assert table.splitlines()[0].split() == ["arm", "accuracy", "extra"]
     assert "0.250" in table
+
+
+def test_method_shorthand_becomes_method_overrides_and_selects_the_method() -> None:
+    assert expand_method_shorthand(["cd.prompt_from=runs/x", "task=gsm8k"]) == \
+        ["method=cd", "method.prompt_from=runs/x", "task=gsm8k"]
+    assert expand_method_shorthand(["-m", "method=rpkd", "rpkd.priming=teacher,confidence", "++rpkd.top_k=5"]) == \
+        ["-m", "method=rpkd", "method.priming=teacher,confidence", "++method.top_k=5"]
+    untouched = ["task=gsm8k", "student.name=cd.x", "+experiments=cd_smollm2"]
+    assert expand_method_shorthand(untouched) == untouched
+
+
+def test_method_shorthand_composes_into_the_method_schema() -> None:
+    config = compose_run(expand_method_shorthand(["rpkd.priming=confidence", "rpkd.alpha=0.5"]))
+    assert (config.method.name, config.method.priming, config.method.alpha) == ("rpkd", "confidence", 0.5)
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)):
+        compose_run(expand_method_shorthand(["cd.max_rulez=3"]))
+
+
+@pytest.mark.parametrize("overrides", [["method=rpkd", "cd.max_rules=3"], ["cd.max_rules=3", "rpkd.top_k=5"]])
+def test_contradictory_method_shorthand_fails_before_any_work(overrides: list[str]) -> None:
+    with pytest.raises(SystemExit, match="method"):
+        expand_method_shorthand(overrides)

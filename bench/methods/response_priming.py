@@ -29,7 +29,8 @@ from bench.models.hf import load_model_and_tokenizer, resolve_device, resolve_dt
 from bench.tasks.base import Example
 from bench.training.kd import aligned_sequence, answer_ids
 from bench.training.lora_trainer import LoRATrainer, TrainItem
-from bench.training.priming import ARMS, PRIMING_PROMPTS, priming_prompt, primed_question
+from bench.training.priming import (ARMS, BASELINE_ARMS, PRIMING_PROMPTS, priming_prompt, primed_question,
+                                    select_arms)
 from bench.training.teacher_logits import TopKCache, check_same_tokenizer, compute_topk
 
 logger = logging.getLogger(__name__)
@@ -54,13 +55,14 @@ class ResponsePrimingKD(Method):
             raise ValueError(f"method.signal must be one of {SIGNALS}, got {config.signal!r}")
         if not 0.0 <= config.alpha <= 1.0 or config.temperature <= 0:
             raise ValueError("method.alpha must be in [0, 1] and method.temperature > 0")
-        for arm in config.arms:
+        self.arms = select_arms(list(config.arms), config.priming)
+        for arm in self.arms:
             if arm in (*PRIMING_PROMPTS, "custom"):
                 priming_prompt(arm, config.custom_priming)  # fail now, not after training other arms
 
     @property
     def roles(self) -> tuple[str, ...]:  # type: ignore[override]
-        primed = any(arm not in ("no_train", "gt_finetune") for arm in self.config.arms)
+        primed = any(arm not in BASELINE_ARMS for arm in self.arms)
         return ("student", "teacher") if primed else ("student",)
 
     @property
@@ -78,7 +80,7 @@ class ResponsePrimingKD(Method):
             raise ValueError("RP-KD fine-tunes the student's weights: the student needs backend=hf")
         examples = self.build_dataset(ctx)
         adapters: dict[str, str | None] = {}
-        for arm in self.config.arms:
+        for arm in self.arms:
             if arm == "no_train":
                 adapters[arm] = None
                 continue

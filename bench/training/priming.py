@@ -16,6 +16,20 @@ PRIMING_PROMPTS: dict[str, str] = {
 }
 TRAINING_ARMS = ("gt_finetune", *PRIMING_PROMPTS, "custom")
 ARMS = ("no_train", *TRAINING_ARMS)
+BASELINE_ARMS = ("no_train", "gt_finetune")
+
+
+def select_arms(arms: list[str], priming: str | None) -> list[str]:
+    """The arms a run trains and evaluates: `arms`, or its baselines plus one priming strategy when `priming` is set.
+
+    `priming` is the issue's `rpkd.priming=...` switch: one strategy per job, so `-m rpkd.priming=teacher,confidence`
+    sweeps strategies, each job next to the same no-train and GT-finetune baselines.
+    """
+    if priming is None:
+        return list(arms)
+    if priming not in (*PRIMING_PROMPTS, "custom"):
+        raise ValueError(f"unknown method.priming {priming!r}; choose from {[*PRIMING_PROMPTS, 'custom']}")
+    return [arm for arm in arms if arm in BASELINE_ARMS] + [priming]
 
 
 def priming_prompt(arm: str, custom: str | None = None) -> str:

@@ -61,7 +61,8 @@ def test_rerun_resumes_every_finished_phase(tmp_path: Path) -> None:
 def test_sequence_level_keeps_only_accepted_teacher_solutions(tmp_path: Path) -> None:
     # The scripted teacher always answers 72: right for "Natalia" (train item 0), wrong for the others.
     with ScriptedServer(reply="48 / 2 = 24 and 48 + 24 = 72.\nThe answer is 72.") as teacher:
-        metrics = execute(rpkd_config(tmp_path, "method.signal=sequence", "method.arms=[no_train,teacher]",
+        metrics = execute(rpkd_config(tmp_path, "method.signal=sequence", "method.arms=[no_train,ground_truth]",
+                                      "method.priming=teacher",
                                       "teacher=openai_compatible", f"teacher.base_url={teacher.base_url}",
                                       "teacher.model_id=scripted"), progress=False)
     folder = run_folder(tmp_path)
@@ -69,4 +70,5 @@ def test_sequence_level_keeps_only_accepted_teacher_solutions(tmp_path: Path) ->
                  (folder / "artifacts" / "teacher" / "teacher_solutions.jsonl").read_text().splitlines()]
     assert [s["kept"] for s in solutions] == [True, False, False]
     assert metrics["training"]["teacher"]["items"] == 1
+    assert list(metrics["arms"]) == ["no_train", "teacher"]  # method.priming replaced ground_truth
     assert teacher.requests[0]["messages"][0]["content"].startswith("You are a teacher guiding a student")
