@@ -32,6 +32,9 @@ MODES: tuple[Mode, ...] = ("strict", "flexible")
 _NUMBER = r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\d)|(?<![\w.])-?\.\d+"
 _FRACTION = rf"(?:{_NUMBER})\s*/\s*(?:{_NUMBER})"
 _NUMBER_OR_FRACTION = re.compile(rf"{_FRACTION}|{_NUMBER}")
+# Without a marker, only a tight "a/b" is read as a fraction: "so 40 / 2" at the end of cut-off working is a
+# division the model has not done yet, not the answer 20 (SmolLM2 outputs contain exactly this).
+_LAST_NUMBER = re.compile(rf"(?:{_NUMBER})/(?:{_NUMBER})|{_NUMBER}")
 
 # Explicit answer markers, in the order of trust. Each captures the text that should hold the answer.
 _GSM8K_MARKER = re.compile(r"####\s*(.+)")
@@ -82,7 +85,7 @@ def _first_number(fragment: str) -> str | None:
 
 
 def _last_number(text: str) -> str | None:
-    matches = _NUMBER_OR_FRACTION.findall(text)
+    matches = _LAST_NUMBER.findall(text)
     return matches[-1] if matches else None
 
 

@@ -69,6 +69,8 @@ CASES: list[tuple[str, str, Status, Status]] = [
     ("That makes 2,000,000 grains.", "2000000", N, P),
     ("Half of it, 1/2, is gone; 10 remain.", "10", N, P),
     ("Each gets 3/4 of a pie", "0.75", N, P),
+    ("She makes 40 dollars over two days, so 40 / 2", "20", N, F),  # trap: unfinished working, not 20
+    ("The answer is 3 / 4", "0.75", P, P),  # after a marker, a spaced fraction is still the stated answer
     ("Each gets .5 of a pie", "0.5", N, P),
     ("There are 12 eggs in a box and 3 boxes, so 36", "36", N, P),
     ("There are 12 eggs in a box and 3 boxes, so 36 eggs.", "12", N, F),
