@@ -132,7 +132,7 @@ class ConceptDistillation(Method):
             for start in range(0, len(pending), self.config.calls_per_round):
                 if meter.exhausted():
                     log += [{"batch": index, "attempt": attempt, "outcome": "skipped: budget exhausted",
-                             "spent_usd": meter.snapshot()["cost_usd"]} for index, _ in pending[start:]]
+                             "cost_usd": meter.snapshot()["cost_usd"]} for index, _ in pending[start:]]
                     logger.warning("induce: budget of $%s reached; stopping with %d rules", meter.budget_usd,
                                    len(rules))
                     pending = []

@@ -22,23 +22,29 @@ class Price:
 
 
 class UsageMeter:
-    """Thread-safe totals over completions. Cache hits count as calls served but cost nothing."""
+    """Thread-safe totals over completions, with an optional budget.
+
+    Tokens and cost count every completion the method used, cache hits included (at the price recorded when the
+    call was made): that is what the method costs, and it keeps the budget deterministic, so a resumed or re-run
+    job stops at the same point as the original. `spent_usd` is what this process actually paid (cache misses).
+    """
 
     def __init__(self, budget_usd: float | None = None) -> None:
         self.budget_usd = budget_usd
         self._lock = threading.Lock()
         self.calls = self.cached = self.prompt_tokens = self.completion_tokens = 0
-        self.cost_usd = 0.0
+        self.cost_usd = self.spent_usd = 0.0
 
     def add(self, completion: Completion) -> None:
         with self._lock:
             self.calls += 1
-            if completion.cached:
-                self.cached += 1
-                return
             self.prompt_tokens += completion.prompt_tokens
             self.completion_tokens += completion.completion_tokens
             self.cost_usd += completion.cost_usd
+            if completion.cached:
+                self.cached += 1
+            else:
+                self.spent_usd += completion.cost_usd
 
     def exhausted(self) -> bool:
         return self.budget_usd is not None and self.cost_usd >= self.budget_usd
@@ -51,4 +57,4 @@ class UsageMeter:
         with self._lock:
             return {"calls": self.calls, "cached": self.cached, "prompt_tokens": self.prompt_tokens,
                     "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 6),
-                    "budget_usd": self.budget_usd}
+                    "spent_usd": round(self.spent_usd, 6), "budget_usd": self.budget_usd}

@@ -108,10 +108,20 @@ def test_budget_cap_stops_induction_cleanly(tmp_path: Path) -> None:
         metrics = execute(cd_config(tmp_path, teacher.base_url, "method.max_mistakes=8", "method.train_sample=8",
                                     "method.mistakes_per_call=1", "teacher.price_output_per_mtok=200000",
                                     "method.budget_usd=1.5"), progress=False)
-    assert len(teacher.requests) == 2
-    assert metrics["teacher_usage"]["cost_usd"] == pytest.approx(2.0)
-    log = (run_folder(tmp_path) / "induction_log.jsonl").read_text()
-    assert log.count("skipped: budget exhausted") == 6
+        assert len(teacher.requests) == 2
+        assert metrics["teacher_usage"]["cost_usd"] == pytest.approx(2.0)
+        assert metrics["teacher_usage"]["spent_usd"] == pytest.approx(2.0)
+        log = (run_folder(tmp_path) / "induction_log.jsonl").read_text()
+        assert log.count("skipped: budget exhausted") == 6
+        # A re-run served from the cache costs nothing new but stops at the same point: the budget counts cache hits.
+        metrics = execute(cd_config(tmp_path, teacher.base_url, "method.max_mistakes=8", "method.train_sample=8",
+                                    "method.mistakes_per_call=1", "teacher.price_output_per_mtok=200000",
+                                    "method.budget_usd=1.5", "resume=false"), progress=False)
+        assert len(teacher.requests) == 2
+        usage = metrics["teacher_usage"]
+        assert (usage["calls"], usage["cached"], usage["spent_usd"]) == (2, 2, 0.0)
+        assert usage["cost_usd"] == pytest.approx(2.0) and usage["completion_tokens"] == 10
+        assert (run_folder(tmp_path) / "induction_log.jsonl").read_text().count("skipped: budget exhausted") == 6
 
 
 def test_transfer_evaluates_a_learned_prompt_without_a_teacher(tmp_path: Path, monkeypatch) -> None:
