@@ -65,7 +65,7 @@ class ModelConfig:
 @dataclass
 class ScoringConfig:
     sandbox: str = "nsjail"  # nsjail | none (unsandboxed: explicit opt-out, warns on every run)
-    workers: int | None = None  # parallel programs; default CPU count + 1
+    workers: int | None = None  # parallel sandboxed programs; null = 4 x CPU count (at most 32)
     timeout_s: float = 10.0
     memory_mb: int = 1024
     math_mode: str = "flexible"  # headline extraction mode; both modes are always recorded
