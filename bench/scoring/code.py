@@ -225,13 +225,13 @@ class CodeExecutor:
 
     Threads suffice for parallelism: each worker only waits on its own sandbox process. The default runs more
     sandboxes than there are CPUs because part of each run is kernel latency (namespace and cgroup set-up and
-    teardown), not CPU: on the 2-core box the 164 HumanEval programs take 1.43 s with 3 workers and 1.32 s with 8
+    teardown), not CPU: on the 2-core box the 164 HumanEval programs finish 7-8% sooner with 8 workers than with 3
     (benchmarks/scoring_speed.py). The cap bounds the worst case of every sandbox using its memory limit at once.
     """
 
     sandbox: Sandbox
     limits: SandboxLimits = field(default_factory=SandboxLimits)
-    workers: int = field(default_factory=lambda: default_workers())
+    workers: int = field(default_factory=default_workers)
 
     def run(self, program: str) -> Verdict:
         return self.run_with_outcome(program)[0]
