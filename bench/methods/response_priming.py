@@ -29,7 +29,7 @@ from bench.models.hf import load_model_and_tokenizer, resolve_device, resolve_dt
 from bench.tasks.base import Example
 from bench.training.kd import aligned_sequence, answer_ids
 from bench.training.lora_trainer import LoRATrainer, TrainItem
-from bench.training.priming import (ARMS, BASELINE_ARMS, PRIMING_PROMPTS, priming_prompt, primed_question,
+from bench.training.priming import (ARMS, BASELINE_ARMS, PRIMING_ARMS, priming_prompt, primed_question,
                                     select_arms)
 from bench.training.teacher_logits import TopKCache, check_same_tokenizer, compute_topk
 
@@ -55,9 +55,9 @@ class ResponsePrimingKD(Method):
             raise ValueError(f"method.signal must be one of {SIGNALS}, got {config.signal!r}")
         if not 0.0 <= config.alpha <= 1.0 or config.temperature <= 0:
             raise ValueError("method.alpha must be in [0, 1] and method.temperature > 0")
-        self.arms = select_arms(list(config.arms), config.priming)
+        self.arms = select_arms(config.arms, config.priming)
         for arm in self.arms:
-            if arm in (*PRIMING_PROMPTS, "custom"):
+            if arm in PRIMING_ARMS:
                 priming_prompt(arm, config.custom_priming)  # fail now, not after training other arms
 
     @property

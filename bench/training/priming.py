@@ -5,6 +5,8 @@ The exact published wording can be supplied with `method.custom_priming` and the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 PRIMING_PROMPTS: dict[str, str] = {
     "base": "",
     "teacher": ("You are a teacher guiding a student through the problem below. Work through it step by step and "
@@ -14,12 +16,13 @@ PRIMING_PROMPTS: dict[str, str] = {
     "confidence": ("Solve the problem below. Before you state the final answer, briefly double-check your work "
                    "and make sure you are confident in it."),
 }
-TRAINING_ARMS = ("gt_finetune", *PRIMING_PROMPTS, "custom")
+PRIMING_ARMS = (*PRIMING_PROMPTS, "custom")
+TRAINING_ARMS = ("gt_finetune", *PRIMING_ARMS)
 ARMS = ("no_train", *TRAINING_ARMS)
 BASELINE_ARMS = ("no_train", "gt_finetune")
 
 
-def select_arms(arms: list[str], priming: str | None) -> list[str]:
+def select_arms(arms: Sequence[str], priming: str | None) -> list[str]:
     """The arms a run trains and evaluates: `arms`, or its baselines plus one priming strategy when `priming` is set.
 
     `priming` is the issue's `rpkd.priming=...` switch: one strategy per job, so `-m rpkd.priming=teacher,confidence`
@@ -27,8 +30,8 @@ def select_arms(arms: list[str], priming: str | None) -> list[str]:
     """
     if priming is None:
         return list(arms)
-    if priming not in (*PRIMING_PROMPTS, "custom"):
-        raise ValueError(f"unknown method.priming {priming!r}; choose from {[*PRIMING_PROMPTS, 'custom']}")
+    if priming not in PRIMING_ARMS:
+        raise ValueError(f"unknown method.priming {priming!r}; choose from {list(PRIMING_ARMS)}")
     return [arm for arm in arms if arm in BASELINE_ARMS] + [priming]
 
 
