@@ -2,7 +2,8 @@
 
 Reads every results/<experiment>/<run>/metrics.json (only complete runs have one: it is written last and
 atomically) and writes one Markdown and one LaTeX table per experiment, each row an evaluated arm with n,
-accuracy and its 95% CI, plus the paired test against the run's base arm where the method computed one.
+accuracy and its 95% CI, plus the paired test against the run's base arm where the method computed one. Runs
+that sampled several completions per item add pass@k columns. Every footer names the interval method.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+from bench.scoring.metrics import INTERVAL_DESCRIPTIONS, Interval
 
 COLUMNS = ("task", "method", "models", "arm", "n", "accuracy", "95% CI", "Δ vs base", "paired p")
 
@@ -37,8 +40,41 @@ def collect(results_dir: Path, experiment: str | None = None) -> dict[str, list[
                 "95% CI": f"[{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}]",
                 "Δ vs base": f"{100 * row['diff']:+.1f}" if "diff" in row else "",
                 "paired p": _p_value(row), "machine": machine(metrics.get("environment", {})),
+                # runs written before intervals were recorded used the percentile bootstrap
+                "interval": row.get("interval", Interval.BOOTSTRAP.value),
+                **_pass_at_k_cells(row),
             })
     return tables
+
+
+def _pass_at_k_cells(row: dict[str, Any]) -> dict[str, str]:
+    """pass@k (k > 1) cells, "12.5 [6.1, 24.0]", for rows of runs that sampled several completions per item."""
+    cells = {}
+    for key, value in row.items():
+        if key.startswith("pass@") and not key.endswith("_ci"):
+            low, high = row[f"{key}_ci"]
+            cells[key] = f"{100 * value:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+    if cells:
+        cells["samples"] = str(row.get("samples", ""))
+    return cells
+
+
+def columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The fixed columns, plus samples and pass@k when any row has them."""
+    extra = sorted({key for row in rows for key in row if key.startswith("pass@")}, key=lambda k: int(k[5:]))
+    return [*COLUMNS, *(["samples", *extra] if extra else [])]
+
+
+def footer(rows: list[dict[str, Any]]) -> str:
+    """What the numbers are and where they were measured, with the interval method named."""
+    intervals = sorted({INTERVAL_DESCRIPTIONS[Interval(row["interval"])] for row in rows})
+    sampled = any(key.startswith("pass@") for row in rows for key in row)
+    text = (f"Accuracy in %, 95% CI: {' / '.join(intervals)}" +
+            (" (with several samples per item, accuracy is unbiased pass@1 and the interval is taken over "
+             "problems, conservatively)" if sampled else "") +
+            "; paired p: exact McNemar against the run's base arm on the same items (paired bootstrap for "
+            "sampled scores). Measured on: " + " | ".join(sorted({row["machine"] for row in rows})))
+    return text
 
 
 def _p_value(row: dict[str, Any]) -> str:
@@ -47,11 +83,10 @@ def _p_value(row: dict[str, Any]) -> str:
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(row[c]) for c in COLUMNS) + " |" for row in rows]
-    machines = sorted({row["machine"] for row in rows})
-    lines += ["", "Accuracy in %, 95% bootstrap CI; paired p: exact McNemar against the run's base arm on the same "
-              "items. Measured on: " + " | ".join(machines)]
+    names = columns(rows)
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in names) + " |" for row in rows]
+    lines += ["", footer(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -63,10 +98,12 @@ def _latex_escape(text: str) -> str:
 
 
 def to_latex(rows: list[dict[str, Any]]) -> str:
-    header = " & ".join(_latex_escape(c) for c in COLUMNS) + r" \\"
-    body = [" & ".join(_latex_escape(str(row[c])) for c in COLUMNS) + r" \\" for row in rows]
-    return "\n".join([r"\begin{tabular}{" + "l" * 4 + "r" * 5 + "}", r"\toprule", header, r"\midrule", *body,
-                      r"\bottomrule", r"\end{tabular}"]) + "\n"
+    names = columns(rows)
+    header = " & ".join(_latex_escape(c) for c in names) + r" \\"
+    body = [" & ".join(_latex_escape(str(row.get(c, ""))) for c in names) + r" \\" for row in rows]
+    return "\n".join([r"\begin{tabular}{" + "l" * 4 + "r" * (len(names) - 4) + "}", r"\toprule", header,
+                      r"\midrule", *body, r"\bottomrule", r"\end{tabular}",
+                      "% " + _latex_escape(footer(rows))]) + "\n"
 
 
 def write_tables(results_dir: Path, out_dir: Path, experiment: str | None = None) -> list[Path]:

@@ -31,3 +31,25 @@ def test_tables_from_runs(tmp_path: Path, capsys) -> None:
     assert "CD prompt" in capsys.readouterr().out
     assert "Measured on: CPU only" in (tmp_path / "tables" / "exp.md").read_text()
     assert "\\toprule" in (tmp_path / "tables" / "exp.tex").read_text()
+
+
+def test_footer_names_the_interval_and_old_runs_are_labelled_bootstrap(tmp_path: Path) -> None:
+    _write_run(tmp_path, "exp", "old", [{"arm": "a", "n": 10, "accuracy": 0.0, "ci_low": 0.0, "ci_high": 0.0}])
+    _write_run(tmp_path, "exp", "new", [{"arm": "b", "n": 50, "accuracy": 0.0, "ci_low": 0.0, "ci_high": 0.0713,
+                                         "interval": "wilson"}])
+    main([str(tmp_path)])
+    table = (tmp_path / "tables" / "exp.md").read_text()
+    assert "95% CI: Wilson score interval / percentile bootstrap" in table
+    assert "Wilson score interval" in (tmp_path / "tables" / "exp.tex").read_text()
+
+
+def test_sampled_runs_get_pass_at_k_columns(tmp_path: Path) -> None:
+    _write_run(tmp_path, "exp", "r", [{"arm": "student", "n": 40, "accuracy": 0.05, "ci_low": 0.01,
+                                       "ci_high": 0.17, "interval": "wilson", "samples": 10, "pass@5": 0.125,
+                                       "pass@5_ci": [0.055, 0.26]}])
+    (row,) = collect(tmp_path)["exp"]
+    assert row["pass@5"] == "12.5 [5.5, 26.0]" and row["samples"] == "10"
+    main([str(tmp_path)])
+    header = (tmp_path / "tables" / "exp.md").read_text().splitlines()[0]
+    assert header.endswith("| samples | pass@5 |")
+    assert "unbiased pass@1" in (tmp_path / "tables" / "exp.md").read_text()

@@ -25,6 +25,11 @@ class Method(ABC):
     def __init__(self, config: Any) -> None:
         self.config = config
 
+    @property
+    def evaluated_roles(self) -> tuple[str, ...]:
+        """The models whose answers are scored; their evaluation sampling is checked before any work."""
+        return ("student",)
+
     @abstractmethod
     def run(self, ctx: RunContext) -> MethodResult:
         ...
@@ -34,9 +39,16 @@ def summary_row(arm: str, metrics: dict[str, Any], **extra: Any) -> dict[str, An
     """One table line from an evaluation's metrics: the fields every paper table shows."""
     accuracy = metrics["accuracy"]
     row = {"arm": arm, "n": metrics["n"], "accuracy": accuracy["mean"], "ci_low": accuracy["ci_low"],
-           "ci_high": accuracy["ci_high"]}
+           "ci_high": accuracy["ci_high"], "interval": accuracy.get("method", "bootstrap")}
     for key in ("accuracy_strict", "accuracy_flexible"):
         if key in metrics:
             row[key.removeprefix("accuracy_")] = metrics[key]["mean"]
+    samples = metrics.get("samples_per_item", 1)
+    if samples > 1:  # pass@1 is the accuracy column; pass@k (k > 1) with its interval beside it
+        row["samples"] = samples
+        for k, value in metrics.get("pass_at_k", {}).items():
+            if int(k) > 1:
+                row[f"pass@{k}"] = value["mean"]
+                row[f"pass@{k}_ci"] = [value["ci_low"], value["ci_high"]]
     row.update(extra)
     return row

@@ -1,8 +1,13 @@
-"""Statistics for benchmark results: accuracy, unbiased pass@k, bootstrap CIs and paired tests.
+"""Statistics for benchmark results: accuracy, unbiased pass@k, intervals and paired tests.
 
 Distillation gains on a few hundred items are often within noise, so every headline number carries a 95% CI, and
 two arms evaluated on the *same items* are compared with a paired test (paired bootstrap of the difference, and
 the exact McNemar test on discordant items for pass/fail outcomes) rather than by eyeballing two CIs.
+
+A proportion's interval is the Wilson score interval, not a percentile bootstrap: when every outcome is equal
+(0/50 is common for a 135M model) the bootstrap has nothing to resample and returns the zero-width "0.0 [0.0,
+0.0]", which claims certainty the data cannot give; Wilson's upper bound at 0/50 is about 7%. The bootstrap stays
+for differences of paired runs, where it is the standard tool.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from enum import Enum
+from statistics import NormalDist
 
 import numpy as np
 
@@ -38,6 +45,19 @@ def mean_pass_at_k(samples: Sequence[tuple[int, int]], k: int) -> float:
     return float(np.mean([pass_at_k(n, c, k) for n, c in samples]))
 
 
+class Interval(str, Enum):
+    """How an `Estimate`'s CI was computed; every table footer names it."""
+
+    WILSON = "wilson"
+    BOOTSTRAP = "bootstrap"
+
+
+INTERVAL_DESCRIPTIONS = {
+    Interval.WILSON: "Wilson score interval",
+    Interval.BOOTSTRAP: "percentile bootstrap",
+}
+
+
 @dataclass(frozen=True)
 class Estimate:
     n: int
@@ -45,6 +65,7 @@ class Estimate:
     ci_low: float
     ci_high: float
     confidence: float = 0.95
+    method: str = Interval.WILSON.value
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,11 +92,39 @@ def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, resamples: i
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
-def estimate(values: Sequence[float] | Sequence[bool], confidence: float = 0.95, resamples: int = 10_000,
-             seed: int = 0) -> Estimate:
+def wilson_interval(mean: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a proportion observed as `mean` over `n` trials.
+
+    Never zero-width for n >= 1, and inside [0, 1] by construction. Also used for the mean of per-problem values
+    in [0, 1] (pass@k from n samples): a [0, 1] variable with mean p has variance at most p(1 - p), so treating
+    the mean as a proportion over the problems is conservative.
+    """
+    if n < 1:
+        raise ValueError("a Wilson interval needs at least one trial")
+    if not 0 <= mean <= 1:
+        raise ValueError(f"a Wilson interval is for proportions in [0, 1], got {mean}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    denominator = 1 + z * z / n
+    centre = (mean + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def estimate(values: Sequence[float] | Sequence[bool], confidence: float = 0.95,
+             method: Interval = Interval.WILSON, resamples: int = 10_000, seed: int = 0) -> Estimate:
+    """Mean with a CI. Wilson (default) needs values in [0, 1]: pass/fail outcomes or per-problem pass@k."""
     array = np.asarray(values, dtype=float)
-    low, high = bootstrap_ci(array, confidence, resamples, seed)
-    return Estimate(n=int(array.size), mean=float(array.mean()), ci_low=low, ci_high=high, confidence=confidence)
+    if array.size == 0:
+        raise ValueError("an estimate of no values is undefined")
+    mean = float(array.mean())
+    if method is Interval.WILSON:
+        low, high = wilson_interval(mean, int(array.size), confidence)
+    else:
+        low, high = bootstrap_ci(array, confidence, resamples, seed)
+    return Estimate(n=int(array.size), mean=mean, ci_low=low, ci_high=high, confidence=confidence,
+                    method=Interval(method).value)
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from bench.scoring.metrics import (accuracy, bootstrap_ci, estimate, mcnemar_exact, mean_pass_at_k, paired_test,
-                                   pass_at_k)
+from bench.scoring.metrics import (Interval, accuracy, bootstrap_ci, estimate, mcnemar_exact, mean_pass_at_k,
+                                   paired_test, pass_at_k, wilson_interval)
 
 
 def test_accuracy() -> None:
@@ -77,7 +77,42 @@ def test_bootstrap_ci_properties() -> None:
 def test_estimate() -> None:
     result = estimate([True, False, True, True])
     assert result.n == 4 and result.mean == 0.75 and result.ci_low <= 0.75 <= result.ci_high
-    assert set(result.to_dict()) == {"n", "mean", "ci_low", "ci_high", "confidence"}
+    assert set(result.to_dict()) == {"n", "mean", "ci_low", "ci_high", "confidence", "method"}
+    assert result.method == "wilson"
+    assert estimate([True, False] * 10, method=Interval.BOOTSTRAP).method == "bootstrap"
+
+
+def test_interval_at_zero_percent_is_not_zero_width() -> None:
+    """The defect: 0/50 was reported as "0.0 [0.0, 0.0]" by the percentile bootstrap."""
+    result = estimate([False] * 50)
+    # z = 1.95996, z^2/n = 0.076829; centre = (z^2/2n) / (1 + z^2/n) = 0.038415 / 1.076829 = 0.035674 = half-width
+    assert result.mean == 0.0 and result.ci_low == 0.0
+    assert result.ci_high == pytest.approx(0.071348, abs=1e-5)
+
+
+def test_interval_at_hundred_percent_is_not_zero_width() -> None:
+    result = estimate([True] * 50)
+    assert result.ci_high == 1.0 and result.ci_low == pytest.approx(1 - 0.071348, abs=1e-5)  # mirror of 0/50
+
+
+@pytest.mark.parametrize(("mean", "n", "low", "high"), [
+    # 5/10: z^2/n = 0.384146, centre 0.5; half = 1.95996 * sqrt(0.025 + 0.0096037) / 1.384146 = 0.263407
+    (0.5, 10, 0.236593, 0.763407),
+    # 1/10: centre (0.1 + 0.192073) / 1.384146 = 0.211013; half = 1.95996 * sqrt(0.009 + 0.0096037) / 1.384146
+    # = 0.193137 (the textbook Wilson interval for 1/10 is [0.018, 0.404])
+    (0.1, 10, 0.017876, 0.404150),
+])
+def test_wilson_hand_values(mean: float, n: int, low: float, high: float) -> None:
+    assert wilson_interval(mean, n) == pytest.approx((low, high), abs=1e-5)
+
+
+def test_wilson_rejects_invalid_arguments() -> None:
+    with pytest.raises(ValueError):
+        wilson_interval(0.5, 0)
+    with pytest.raises(ValueError):
+        wilson_interval(1.5, 10)
+    with pytest.raises(ValueError):
+        estimate([])
 
 
 def test_paired_identical_runs() -> None:
