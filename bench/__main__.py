@@ -118,6 +118,8 @@ def execute(config: DictConfig, progress: bool = True) -> dict[str, Any]:
     try:
         for role in method.roles:  # build models (and check API keys) before any work is done
             ctx.model(role)
+        for role in method.evaluated_roles:
+            ctx.evaluation_sampling(role)
         result = method.run(ctx)
         metrics = {"run_id": name, "method": config.method.name, "task": config.task.name,
                    "models": {role: ctx.model(role).model_id for role in method.roles},

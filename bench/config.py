@@ -31,6 +31,12 @@ class TaskConfig:
     system_prompt: str = ""  # the thing Concept Distillation learns
     instruction: str = ""  # appended to each question (answer format)
     max_new_tokens: int = 512
+    # Sampled evaluation for pass@k: `samples` completions per problem (1 = the model's own decoding, greedy by
+    # default). samples > 1 needs temperature > 0, from here or from the model config.
+    samples: int = 1
+    temperature: float | None = None  # overrides the evaluated model's temperature in every evaluation
+    top_p: float | None = None
+    pass_k: list[int] = field(default_factory=lambda: [1, 5, 10])  # reported for every k <= samples
 
 
 @dataclass

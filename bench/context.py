@@ -82,12 +82,28 @@ class RunContext:
                               top_p=overrides.pop("top_p", config.top_p),
                               seed=overrides.pop("seed", config.seed), **overrides)
 
+    def evaluation_sampling(self, role: str) -> SamplingParams:
+        """How `role` is sampled in evaluations: its own decoding, unless the task asks for n samples per item
+        (pass@k) at its own temperature/top_p. Called before any work, so a bad combination fails early."""
+        task = self.config.task
+        overrides: dict[str, Any] = {"n": task.samples}
+        if task.temperature is not None:
+            overrides["temperature"] = task.temperature
+        if task.top_p is not None:
+            overrides["top_p"] = task.top_p
+        try:
+            return self.sampling(role, **overrides)
+        except ValueError as error:
+            raise ValueError(f"evaluation sampling of the {role} ({self.model_config(role).name}) is invalid: "
+                             f"{error}. For pass@k with task.samples={task.samples}, set task.temperature "
+                             "(e.g. task.temperature=0.8).") from error
+
     def evaluate(self, model: ChatModel, examples: Sequence[Example], *, split: str, name: str,
                  system_prompt: str | None = None, role: str = "student", save: bool = True) -> EvalResult:
         """Evaluate, write `samples/<name>.jsonl` + `metrics/<name>.json`, log to the tracker."""
         result = evaluate(self.task, model, examples, run_id=self.run_id, split=split, name=name,
-                          system_prompt=system_prompt, params=self.sampling(role), progress=self.progress,
-                          seed=self.config.seed)
+                          system_prompt=system_prompt, params=self.evaluation_sampling(role), progress=self.progress,
+                          pass_k=tuple(self.config.task.pass_k))
         if save:
             self.store.write_jsonl(f"samples/{name}.jsonl", (s.to_dict() for s in result.samples))
             self.store.write_json(f"metrics/{name}.json", result.metrics)

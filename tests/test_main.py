@@ -132,3 +132,24 @@ def test_method_shorthand_composes_into_the_method_schema() -> None:
 def test_contradictory_method_shorthand_fails_before_any_work(overrides: list[str]) -> None:
     with pytest.raises(SystemExit, match="method"):
         expand_method_shorthand(overrides)
+
+
+def test_sampled_humaneval_scores_every_completion(tmp_path: Path) -> None:
+    """task.samples=n: n completions per problem, all run in the sandbox, pass@k reported and tabled."""
+    run_bench(tmp_path, *FAST, "experiment=sampled", "task=humaneval", "task.limit=2", "task.samples=3",
+              "task.temperature=0.8", "task.pass_k=[1,2]")
+    (run,) = (tmp_path / "results" / "sampled").glob("baseline-humaneval-*")
+    samples = [json.loads(line) for line in (run / "samples/student.jsonl").read_text().splitlines()]
+    assert [len(s["completions"]) for s in samples] == [3, 3]
+    assert all(len(s["verdicts"]) == 3 and "program" in s["verdicts"][0]["extracted"] for s in samples)
+    metrics = json.loads((run / "metrics.json").read_text())["evaluation"]
+    assert metrics["samples_per_item"] == 3 and set(metrics["pass_at_k"]) == {"1", "2"}
+    assert sum(metrics["statuses"].values()) == 6
+    assert "pass@2" in (tmp_path / "results" / "tables" / "sampled.md").read_text()
+
+
+def test_sampling_without_temperature_fails_before_any_work(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, *FAST, "task=humaneval", "task.samples=4", check=False)
+    assert result.returncode != 0
+    assert "task.temperature" in result.stderr
+    assert not list((tmp_path / "results").rglob("samples"))

@@ -14,6 +14,10 @@ class Baseline(Method):
     def roles(self) -> tuple[str, ...]:  # type: ignore[override]
         return (self.config.model,)
 
+    @property
+    def evaluated_roles(self) -> tuple[str, ...]:
+        return (self.config.model,)
+
     def run(self, ctx: RunContext) -> MethodResult:
         split = ctx.config.task.eval_split
         examples = ctx.task.examples(split, limit=ctx.config.task.limit)

@@ -125,6 +125,15 @@ class Task(ABC):
         """Extra per-sample scores worth recording (e.g. strict and flexible math extraction)."""
         return {}
 
+    def reference(self, example: Example) -> str:
+        """What a completion is judged against, recorded beside each verdict."""
+        return example.answer
+
+    @abstractmethod
+    def extracted(self, example: Example, completion: str) -> dict[str, str | None]:
+        """What the scorer read out of a completion (the final answer per mode, or the program it ran), so an
+        audit of samples.jsonl never needs to re-run the scorer."""
+
 
 class MathTask(Task):
     """Shared by GSM8K and MultiArith: same checker, same answer format."""
@@ -138,6 +147,11 @@ class MathTask(Task):
     def score_details(self, example: Example, completion: str) -> dict[str, str]:
         return {mode: verdict.status.value for mode, verdict in self.checker.score_modes(completion,
                                                                                          example.answer).items()}
+
+    def extracted(self, example: Example, completion: str) -> dict[str, str | None]:
+        from bench.scoring.math import MODES, extract_answer
+
+        return {mode: getattr(extract_answer(completion, mode), "answer", None) for mode in MODES}
 
 
 def format_number(value: float | int | str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.scoring.code import CodeProblem
+from bench.scoring.code import CodeProblem, extract_completion_code
 from bench.scoring.verdict import Verdict
 from bench.tasks.base import Example, Splits, Task, carve
 from bench.tasks.data import load_records, read_jsonl
@@ -56,6 +56,9 @@ class HumanEvalTask(Task):
                       {"test": test_size, "validation": self.config.validation_size, "train": -1})
         return Splits(train=parts["train"], validation=parts["validation"], test=parts["test"],
                       seed=self.config.seed, source=source)
+
+    def extracted(self, example: Example, completion: str) -> dict[str, str | None]:
+        return {"program": extract_completion_code(example.question, completion, example.extra["entry_point"])}
 
     def score(self, example: Example, completion: str) -> Verdict:
         return self.checker.score(_problem(example), completion)
