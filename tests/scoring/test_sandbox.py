@@ -66,3 +66,21 @@ def test_unsandboxed_still_scrubs_the_environment(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-should-not-leak")
     verdict = CodeExecutor(UnsandboxedSandbox()).run("import os\nassert 'OPENAI_API_KEY' not in os.environ")
     assert verdict.status is Status.PASSED
+
+
+# Defect: mmap beyond the memory cap raises OSError(ENOMEM), which was reported as an ordinary failure.
+@pytest.mark.parametrize("program", [
+    "import mmap\nmmap.mmap(-1, 4 << 30)\n",
+    "import mmap\nm = mmap.mmap(-1, 4 << 30)\nm[0] = 1\n",
+])
+def test_mmap_beyond_memory_cap_is_memory(program):
+    executor = CodeExecutor(NsjailSandbox(), SandboxLimits(wall_time_s=5, cpu_time_s=5, memory_mb=256))
+    verdict = executor.run(program)
+    assert verdict.status is Status.MEMORY
+    assert "ENOMEM" in verdict.detail or "Cannot allocate memory" in verdict.detail
+
+
+def test_other_os_errors_still_fail():
+    executor = CodeExecutor(NsjailSandbox(), SandboxLimits(wall_time_s=5, cpu_time_s=5))
+    verdict = executor.run("open('/no/such/file')\n")
+    assert verdict.status is Status.FAILED and "FileNotFoundError" in verdict.detail
