@@ -160,3 +160,128 @@ def test_gsm8k_reference() -> None:
 def test_unknown_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match="strict"):
         MathChecker("lenient")  # type: ignore[arg-type]
+
+
+# --- Answer forms real models produce that a plain-text extractor misjudges: one test per class. ---
+
+
+def _statuses(completion: str, reference: str) -> tuple[Status, Status]:
+    verdicts = MathChecker().score_modes(completion, reference)
+    return verdicts["strict"].status, verdicts["flexible"].status
+
+
+def test_latex_frac_outside_boxed() -> None:
+    assert _statuses("The answer is \\frac{3}{4}.", "0.75") == (P, P)
+    assert _statuses("The answer is \\frac{3}{4}.", "3/4") == (P, P)
+    assert _statuses("Each friend gets 3 \\div 4 = \\dfrac{3}{4}", "3/4") == (N, P)
+    assert _statuses("So she keeps $-\\frac{1}{2}$ of it", "-1/2") == (N, P)
+    assert _statuses("The answer is \\tfrac{3}{4}", "4") == (F, F)  # trap: not the denominator
+    assert _statuses("The answer is $3\\frac{1}{2}$ cups.", "7/2") == (P, P)  # mixed number
+    assert extract_answer("= \\dfrac{3}{4}").answer == "3/4"
+
+
+def test_latex_thousands_separators() -> None:
+    assert _statuses("The answer is $14{,}916$.", "14916") == (P, P)
+    assert _statuses("In total she pays $1,\\!250$ dollars.", "1250") == (N, P)
+    assert _statuses("In total she pays $1,\\!250$ dollars.", "250") == (N, F)  # trap: "250" after the "\!"
+    assert _statuses("Total: $2\\,500$ m", "2500") == (N, P)  # thin-space group
+    assert extract_answer("so $14{,}916$ people").answer in {"14,916", "14916"}
+
+
+def test_space_grouped_thousands_after_marker() -> None:
+    assert _statuses("The answer is 1 250.", "1250") == (P, P)
+    assert _statuses("#### 1 000", "1000") == (P, P)
+    assert _statuses("The answer is 12 345 678", "12345678") == (P, P)
+    assert _statuses("The answer is 1\u202f250.", "1250") == (P, P)  # narrow no-break space, as in French output
+    # Without a marker, numbers are not glued together: "3 100" is two numbers, the last being 100.
+    assert _statuses("She bought 3 100-page books", "3100") == (N, F)
+    assert _statuses("She bought 3 100-page books", "100") == (N, P)
+    assert _statuses("The answer is 5 25", "525") == (F, F)  # "25" is no thousands group
+
+
+def test_unicode_minus() -> None:
+    assert _statuses("The answer is \u22128.", "-8") == (P, P)
+    assert _statuses("The temperature ends at \u22128 degrees", "-8") == (N, P)
+    assert _statuses("#### \u22128", "8") == (F, F)
+    assert _statuses("$\\boxed{\u22128}$", "-8") == (P, P)
+
+
+def test_negative_currency() -> None:
+    assert _statuses("The answer is -$12.", "-12") == (P, P)
+    assert _statuses("The answer is $-12.", "-12") == (P, P)
+    assert _statuses("So her balance is -$12", "-12") == (N, P)
+    assert _statuses("The answer is -$12.", "12") == (F, F)
+    assert _statuses("$\\boxed{-\\$12}$", "-12") == (P, P)
+    assert _statuses("It cost $20-$8 = $12", "12") == (N, P)  # a subtraction, not a negative amount
+    assert _statuses("Expenses:\n- $8 for lunch\n- $12 for dinner", "12") == (N, P)  # markdown bullets
+
+
+def test_bold_final_answer_marker() -> None:
+    assert _statuses("Adding up, 3 + 4 = 7 apples.\n\n**Final Answer**: 7", "7") == (P, P)
+    assert _statuses("Adding up, 3 + 4 = 7 apples.\n\n**Final Answer:** 7", "7") == (P, P)
+    assert _statuses("So 3 + 4 = 7.\n\n**Final Answer**\n\n7", "7") == (P, P)
+    assert _statuses("So 3 + 4 = 7.\n\n## Final Answer\n7 apples", "7") == (P, P)
+    assert _statuses("So 3 + 4 = 7.\n\n**Final Answer**: 7\n\nHope this helps with 2 more!", "7") == (P, P)
+    assert _statuses("**Final Answer**: 8", "7") == (F, F)
+    assert extract_answer("**Final Answer**: 7", "strict").answer == "7"
+    # "final answer" in running prose is no marker when no value follows it.
+    assert _statuses("To get the final answer, add 3 and 4 to get 7", "7") == (N, P)
+
+
+def test_display_math_answer_marker() -> None:
+    assert _statuses("Adding gives 4 + 5.\n\nAnswer \\[9\\]", "9") == (P, P)
+    assert _statuses("Answer:\n\\[\n9\n\\]", "9") == (P, P)
+    assert _statuses("Adding 4 and 5 gives 9 pencils. The final answer is $\\boxed{9}$", "9") == (P, P)
+    assert _statuses("There are 4 + 5 = 9 pencils.\nAnswer: \\( 9 \\)", "9") == (P, P)
+    assert _statuses("Answer: \\( 2\\sqrt{2} \\)", "\\sqrt{8}") == (P, P)  # symbolic span kept whole
+    assert _statuses("Answer \\[10\\]", "9") == (F, F)
+
+
+def test_markdown_step_headers_are_not_gsm8k_marker() -> None:
+    completion = (
+        "#### Step 1: Count the apples\nShe has 2 apples.\n\n"
+        "#### Step 2: Add the new ones\n2 + 3 = 5\n\n"
+        "### Step 3\nThe answer is 5"
+    )
+    assert _statuses(completion, "5") == (P, P)
+    assert extract_answer(completion, "strict").answer == "5"
+    cut_off = "#### Step 1: Count the apples\nShe has 2 apples.\n\n#### Step 2: Add 3 more\n2 + 3 = 5 app"
+    assert extract_answer(cut_off, "strict") is None  # not "1" from "#### Step 1"
+    assert _statuses(cut_off, "5") == (N, P)
+    assert _statuses("#### 72", "72") == (P, P)  # the real GSM8K marker still counts
+
+
+def test_units_inside_boxed() -> None:
+    assert _statuses("The area is $\\boxed{120 \\text{ ft}^2}$.", "120") == (P, P)
+    assert _statuses("She pays $\\boxed{\\$1,250}$.", "1250") == (P, P)
+    assert _statuses("The discount is $\\boxed{15\\%}$", "15") == (P, P)
+    assert _statuses("$\\boxed{18 \\text{ dollars}}$", "18") == (P, P)
+    assert _statuses("$\\boxed{120 \\text{ ft}^2}$", "2") == (F, F)  # trap: the exponent is no answer
+    assert _statuses("$\\boxed{5\\text{ m/s}}$", "5") == (P, P)
+    assert extract_answer("\\boxed{120 \\text{ ft}^2}").answer == "120"
+
+
+def test_boxed_list_is_not_thousands() -> None:
+    assert _statuses("\\boxed{1,2}", "12") == (F, F)
+    assert _statuses("\\boxed{1,2}", "1,2") == (P, P)  # a set/tuple, compared as one by math-verify
+    assert _statuses("The answer is \\boxed{1, 2, 3}", "123") == (F, F)
+    assert _statuses("\\boxed{1,250}", "1250") == (P, P)  # a proper thousands group still is one
+    assert not answers_match("1,2", "12")
+    assert to_fraction("1,2") is None
+    assert to_fraction("1 2") is None
+
+
+def test_answer_colon_statement_vs_echoed_working() -> None:
+    """After "Answer:", one sentence states the answer (its last number); a paragraph of working is no statement."""
+    assert _statuses("**Answer:** Janet makes $18 per day.", "18") == (P, P)
+    assert _statuses("**Answer:** Each of the 4 friends gets 3 cookies.", "3") == (P, P)
+    working = "Answer: Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May."
+    assert _statuses(working, "72") == (N, P)  # neither the first number (48) nor "24" is the stated answer
+    assert _statuses("Answer: She has 16 eggs. She eats 3 and bakes 4, so 9 * 2 = 18 dollars.", "18") == (N, P)
+
+
+def test_invented_next_question_is_not_the_answer() -> None:
+    """A model that answers and then makes up a next question (few-shot continuation) is scored on its answer."""
+    assert _statuses("The answer is 7.\n\nQ: Sam had 10 marbles and lost 4.\nA: The answer is 6.", "7") == (P, P)
+    assert _statuses("9 * 2 = 18 dollars.\nQuestion: Tom has 5 apples and eats 2.\n5 - 2 = 3", "18") == (N, P)
+    assert _statuses("Question: How much does Janet make?\nShe makes 9 * 2 = 18. The answer is 18.", "18") == (P, P)
