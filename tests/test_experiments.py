@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from compose import compose_config
+from compose import compose_config, needs_data
 from hydra.core.plugins import Plugins
 
 from bench.__main__ import ExperimentsSearchPath
@@ -54,3 +54,19 @@ def test_preset_alone_selects_its_method(preset: Path) -> None:
 def test_command_line_groups_win_over_the_preset() -> None:
     config = compose_config(["+experiments=cd_smollm2", "task=multiarith", "student=tiny"])
     assert (config.method.name, config.task.name, config.student.name) == ("cd", "multiarith", "tiny")
+
+
+def test_cd_humaneval_evaluates_the_whole_test_split() -> None:
+    """The paper's HumanEval table is over every test item, not conf/config.yaml's 50-item quick slice."""
+    assert compose_config(["+experiments=cd_humaneval"]).task.limit is None
+
+
+@needs_data
+def test_cd_humaneval_test_items_are_the_full_test_split() -> None:
+    from omegaconf import OmegaConf
+
+    from bench.tasks import make_task
+
+    config = compose_config(["+experiments=cd_humaneval"])
+    task = make_task(OmegaConf.to_object(config.task), checker=None)
+    assert len(task.examples(config.task.eval_split, limit=config.task.limit)) == len(task.splits.test) == 100
