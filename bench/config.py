@@ -118,7 +118,13 @@ class CDConfig(MethodConfig):
     malformed_retries: int = 2  # re-asks (new seed) when a teacher reply has no parseable rules
     dedup_similarity: float = 0.85  # rules this similar (difflib ratio, normalised text) count as duplicates
     selection: str = "greedy"  # greedy (cumulative, in induction order) | independent (gain of each rule alone)
-    min_gain: float = 0.0  # a rule is kept only if validation accuracy rises by more than this
+    # How a candidate rule earns its place on the validation items (cd_rules.judge): mcnemar (gain > 0 and a
+    # one-sided exact McNemar p < acceptance_p on the items the two prompts disagree on) | gain (gain > min_gain:
+    # one item can admit a rule) | min_items (wins - losses >= min_gain_items)
+    acceptance: str = "mcnemar"
+    acceptance_p: float = 0.05  # one-sided: only improvement can admit a rule (5 wins / 0 losses is the least)
+    min_gain: float = 0.0  # acceptance=gain: kept only if validation accuracy rises by more than this
+    min_gain_items: int = 3  # acceptance=min_items: net validation items won (3 = 5 points on 60 items)
     max_rules: int = 5
     validation_limit: int | None = None  # first N validation items (null = all)
     merge: str = "list"  # list (numbered rules under the base prompt) | teacher (teacher consolidates them)

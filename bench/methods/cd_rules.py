@@ -1,6 +1,7 @@
-"""The text side of Concept Distillation: teacher prompts, parsing its rules, deduplication, prompt merging.
+"""The text side of Concept Distillation: teacher prompts, parsing its rules, deduplication, prompt merging,
+and the acceptance test a candidate rule must pass on the validation items.
 
-Kept apart from the method's control flow so each piece can be tested on plain strings.
+Kept apart from the method's control flow so each piece can be tested on plain strings and hand-made outcomes.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from difflib import SequenceMatcher
+
+from bench.scoring.metrics import mcnemar_exact
 
 TEACHER_SYSTEM = (
     "You are an expert tutor. A smaller model keeps failing at a task. You diagnose why it fails and write short, "
@@ -71,8 +74,13 @@ class Rule:
     source_task_ids: list[str]
     explanation: str = ""
     validation_accuracy: float | None = None
-    gain: float | None = None
-    kept: bool = False
+    gain: float | None = None  # validation accuracy minus that of the prompt it was tested against
+    wins: int | None = None  # validation items right with the rule, wrong without it (discordant pairs)
+    losses: int | None = None  # validation items wrong with the rule, right without it
+    p_value: float | None = None  # one-sided exact McNemar p of wins vs losses (see `judge`)
+    accepted: bool | None = None  # passed the acceptance test (None: never tested, e.g. max_rules reached)
+    decision: str = ""  # why it was accepted, rejected or not tested
+    kept: bool = False  # in the final prompt (accepted, and within max_rules)
     duplicates: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -161,3 +169,73 @@ def parse_merged_prompt(reply: str) -> str:
     if match is None or len(match.group(1).strip()) < 10:
         raise MalformedReply("no prompt between BEGIN PROMPT and END PROMPT")
     return match.group(1).strip()
+
+
+# ---------------------------------------------------------------------------------------------- acceptance
+ACCEPTANCES = ("mcnemar", "gain", "min_items")
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """The validation evidence on one candidate rule and the decision taken on it."""
+
+    gain: float
+    wins: int
+    losses: int
+    p_value: float
+    accepted: bool
+    decision: str
+
+
+def improvement_p(wins: int, losses: int) -> float:
+    """One-sided exact McNemar p-value: P(at least `wins` of the wins + losses discordant items go to the
+    candidate) when the rule makes no difference, i.e. X ~ Binomial(wins + losses, 1/2).
+
+    Derived from `mcnemar_exact` (two-sided, = min(1, 2 P(X <= min))) by the symmetry of Binomial(n, 1/2):
+    with wins > losses, P(X >= wins) = P(X <= losses), half the two-sided value (never clipped, since losses <
+    n/2); otherwise P(X >= wins) = 1 - P(X <= wins - 1), where wins - 1 < n/2 again makes the halving exact.
+    """
+    if wins > losses:
+        return mcnemar_exact(wins, losses) / 2
+    if wins == 0:
+        return 1.0
+    n = wins + losses
+    return 1.0 - mcnemar_exact(wins - 1, n - wins + 1) / 2
+
+
+def judge(current: Sequence[bool], candidate: Sequence[bool], gain: float, mode: str, *, min_gain: float = 0.0,
+          p_threshold: float = 0.05, min_items: int = 3) -> Acceptance:
+    """Whether a candidate prompt beats the current one on the same validation items, in the order given.
+
+    `current` / `candidate` are per-item verdicts (the first completion's pass/fail); `gain` is the accuracy
+    difference the caller measured. Modes:
+
+    - "gain": gain > min_gain (the original rule: on 60 items one extra right answer admits a rule, and a rule
+      kept that way won 1 MultiArith validation item and then lost 3 test items).
+    - "mcnemar" (default): gain > 0 and the one-sided exact McNemar p on the discordant items < p_threshold.
+      One-sided because the decision is one-directional: a rule is only ever kept for helping, and one that
+      significantly hurts is rejected by the gain condition anyway, so a two-sided test would spend half its
+      alpha on an outcome that can never lead to acceptance (two-sided 0.05 = one-sided 0.025). At the default
+      0.05 a rule needs at least 5 wins and no loss (p = 1/32), 7 wins against 1 loss or 9 against 2; 4-0 or
+      8-2 are not enough. Each candidate is tested on its own, with no correction for the number of candidates:
+      with k useless candidates up to ~0.05 k may get through, which the untouched test split then shows; set
+      acceptance_p to 0.05 / k for a Bonferroni bound.
+    - "min_items": wins - losses >= min_items, a fixed margin in items rather than a p-value.
+    """
+    if len(current) != len(candidate) or not current:
+        raise ValueError(f"acceptance needs two equally long, non-empty outcome lists; got {len(current)} and "
+                         f"{len(candidate)}")
+    wins = sum(bool(new) and not bool(old) for old, new in zip(current, candidate))
+    losses = sum(bool(old) and not bool(new) for old, new in zip(current, candidate))
+    p_value = improvement_p(wins, losses)
+    evidence = f"gain {gain:+.4f}, {wins} won / {losses} lost, one-sided McNemar p={p_value:.4g}"
+    if mode == "gain":
+        accepted, test = gain > min_gain, f"gain > {min_gain}"
+    elif mode == "mcnemar":
+        accepted, test = gain > 0 and p_value < p_threshold, f"gain > 0 and p < {p_threshold}"
+    elif mode == "min_items":
+        accepted, test = wins - losses >= min_items, f"wins - losses >= {min_items}"
+    else:
+        raise ValueError(f"acceptance must be one of {ACCEPTANCES}, got {mode!r}")
+    decision = f"{'accepted' if accepted else 'rejected'} ({mode}: {test}): {evidence}"
+    return Acceptance(gain=gain, wins=wins, losses=losses, p_value=p_value, accepted=accepted, decision=decision)

@@ -3,8 +3,10 @@
 initialize: the student answers `train_sample` train items with the base prompt; wrong answers become mistakes.
 induce:     the teacher explains batches of mistakes and writes rules; malformed replies are re-asked, then
             skipped with a logged reason; near-duplicate rules are merged; a budget cap ends induction cleanly.
-deduce:     rules are added to the base prompt and kept only if they raise *validation* accuracy; the kept rules
-            are merged into the final prompt.
+deduce:     rules are added to the base prompt and kept only if they pass an acceptance test on the *validation*
+            items (default: a one-sided exact McNemar test on the items the prompts disagree on, so one lucky
+            item cannot admit a rule; see cd_rules.judge); the kept rules are merged into the final prompt.
+            Each candidate's gain, wins/losses, p-value and decision go to candidate_rules.jsonl.
 evaluate:   base and final prompt on the same *test* items, with a paired test.
 Every phase writes its artifacts and a done-marker, so a killed run resumes after the last finished phase.
 Selection only ever sees train and validation items.
@@ -20,9 +22,9 @@ from typing import Any
 from bench.context import RunContext
 from bench.evaluation import EvalResult, compare
 from bench.methods.base import Method, MethodResult, summary_row
-from bench.methods.cd_rules import (TEACHER_SYSTEM, MalformedReply, Mistake, Rule, deduplicate, induction_prompt,
-                                    merge_prompt_request, parse_merged_prompt, parse_teacher_reply,
-                                    prompt_with_rules)
+from bench.methods.cd_rules import (ACCEPTANCES, TEACHER_SYSTEM, MalformedReply, Mistake, Rule, deduplicate,
+                                    induction_prompt, judge, merge_prompt_request, parse_merged_prompt,
+                                    parse_teacher_reply, prompt_with_rules)
 from bench.models.base import GenerationRequest, Message, SamplingParams
 from bench.models.cost import UsageMeter
 
@@ -31,6 +33,10 @@ logger = logging.getLogger(__name__)
 SELECTIONS = ("greedy", "independent")
 MERGES = ("list", "teacher")
 RETRY_TEMPERATURE = 0.7
+
+
+def _accuracy(result: EvalResult) -> float:
+    return result.metrics["accuracy"]["mean"]
 
 
 def load_prompt(source: str) -> str:
@@ -53,8 +59,12 @@ class ConceptDistillation(Method):
             raise ValueError(f"method.selection must be one of {SELECTIONS}, got {config.selection!r}")
         if config.merge not in MERGES:
             raise ValueError(f"method.merge must be one of {MERGES}, got {config.merge!r}")
+        if config.acceptance not in ACCEPTANCES:
+            raise ValueError(f"method.acceptance must be one of {ACCEPTANCES}, got {config.acceptance!r}")
+        if not 0 < config.acceptance_p <= 1:
+            raise ValueError(f"method.acceptance_p must be in (0, 1], got {config.acceptance_p}")
         for knob in ("train_sample", "max_mistakes", "mistakes_per_call", "rules_per_call", "calls_per_round",
-                     "max_rules"):
+                     "max_rules", "min_gain_items"):
             if getattr(config, knob) < 1:
                 raise ValueError(f"method.{knob} must be >= 1, got {getattr(config, knob)}")
 
@@ -182,29 +192,32 @@ class ConceptDistillation(Method):
                              "(set task.validation_size > 0)")
         student = ctx.model("student")
 
-        def accuracy(prompt: str, name: str) -> float:
-            result = ctx.evaluate(student, validation, split="validation", name=f"deduce/{name}",
-                                  system_prompt=prompt)
-            return result.metrics["accuracy"]["mean"]
+        def run(prompt: str, name: str) -> EvalResult:
+            return ctx.evaluate(student, validation, split="validation", name=f"deduce/{name}",
+                                system_prompt=prompt)
 
-        base_accuracy = current = accuracy(base_prompt, "base")
+        def accuracy(prompt: str, name: str) -> float:
+            return _accuracy(run(prompt, name))
+
+        base = current = run(base_prompt, "base")
+        base_accuracy = _accuracy(base)
         kept: list[Rule] = []
         if self.config.selection == "independent":
             for rule in rules:
-                rule.validation_accuracy = accuracy(prompt_with_rules(base_prompt, [rule.text]), rule.rule_id)
-                rule.gain = rule.validation_accuracy - base_accuracy
-            ranked = sorted((r for r in rules if r.gain > self.config.min_gain), key=lambda r: -r.gain)
+                self._judge(rule, base, run(prompt_with_rules(base_prompt, [rule.text]), rule.rule_id))
+            ranked = sorted((r for r in rules if r.accepted), key=lambda r: -r.gain)
             kept = ranked[: self.config.max_rules]
+            for rule in ranked[self.config.max_rules:]:
+                rule.decision += f"; not kept: {self.config.max_rules} rules with larger gains fill max_rules"
         else:  # greedy cumulative: each rule must help on top of those already kept
             for rule in rules:
                 if len(kept) >= self.config.max_rules:
-                    break
-                rule.validation_accuracy = accuracy(prompt_with_rules(base_prompt, [r.text for r in kept + [rule]]),
-                                                    rule.rule_id)
-                rule.gain = rule.validation_accuracy - current
-                if rule.gain > self.config.min_gain:
+                    rule.decision = f"not tested: max_rules={self.config.max_rules} already kept"
+                    continue
+                candidate = run(prompt_with_rules(base_prompt, [r.text for r in kept + [rule]]), rule.rule_id)
+                if self._judge(rule, current, candidate):
                     kept.append(rule)
-                    current = rule.validation_accuracy
+                    current = candidate
         for rule in kept:
             rule.kept = True
         final_prompt = prompt_with_rules(base_prompt, [r.text for r in kept])
@@ -216,11 +229,30 @@ class ConceptDistillation(Method):
         ctx.store.write_jsonl("candidate_rules.jsonl", (r.to_dict() for r in rules))
         ctx.store.write_text("final_prompt.txt", final_prompt + "\n")
         summary = {"validation_items": len(validation), "validation_base_accuracy": base_accuracy,
-                   "validation_final_accuracy": final_accuracy, "kept_rules": len(kept), "merge": merge_note}
+                   "validation_final_accuracy": final_accuracy, "kept_rules": len(kept), "merge": merge_note,
+                   "acceptance": self._acceptance_settings(),
+                   "rule_tests": [{key: getattr(r, key) for key in ("rule_id", "gain", "wins", "losses", "p_value",
+                                                                    "accepted", "kept", "decision")}
+                                  for r in rules]}
         ctx.store.mark_phase_done("deduce", summary)
         logger.info("deduce: kept %d of %d rules; validation accuracy %.3f -> %.3f", len(kept), len(rules),
                     base_accuracy, final_accuracy)
         return final_prompt, summary
+
+    def _judge(self, rule: Rule, current: EvalResult, candidate: EvalResult) -> bool:
+        """Test `rule` (the candidate prompt) against the current prompt on the same validation items; record the
+        evidence on the rule and return whether it was accepted."""
+        rule.validation_accuracy = _accuracy(candidate)
+        verdict = judge(current.outcomes, candidate.outcomes, rule.validation_accuracy - _accuracy(current),
+                        self.config.acceptance, min_gain=self.config.min_gain, p_threshold=self.config.acceptance_p,
+                        min_items=self.config.min_gain_items)
+        rule.gain, rule.wins, rule.losses = verdict.gain, verdict.wins, verdict.losses
+        rule.p_value, rule.accepted, rule.decision = verdict.p_value, verdict.accepted, verdict.decision
+        return verdict.accepted
+
+    def _acceptance_settings(self) -> dict[str, Any]:
+        return {"mode": self.config.acceptance, "p": self.config.acceptance_p, "min_gain": self.config.min_gain,
+                "min_gain_items": self.config.min_gain_items, "test": "one-sided exact McNemar"}
 
     def _teacher_merge(self, ctx: RunContext, listed: str, listed_accuracy: float, accuracy) -> tuple[str, float, str]:
         """Let the teacher consolidate the kept rules; keep its version only if validation accuracy holds."""

@@ -1,11 +1,14 @@
-"""CD's text handling on plain strings: teacher reply parsing, deduplication, prompt building."""
+"""CD's text handling on plain strings (teacher reply parsing, deduplication, prompt building) and its rule
+acceptance test on hand-made validation outcomes."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from bench.methods.cd_rules import (MalformedReply, Mistake, Rule, deduplicate, induction_prompt,
-                                    parse_merged_prompt, parse_teacher_reply, prompt_with_rules)
+from bench.methods.cd_rules import (MalformedReply, Mistake, Rule, deduplicate, improvement_p, induction_prompt,
+                                    judge, parse_merged_prompt, parse_teacher_reply, prompt_with_rules)
 
 WELL_FORMED = """EXPLANATION: The student added instead of multiplying and lost track of units.
 RULES:
@@ -73,3 +76,64 @@ def test_parse_merged_prompt() -> None:
         "Solve carefully and check units.")
     with pytest.raises(MalformedReply):
         parse_merged_prompt("Solve carefully.")
+
+
+# ------------------------------------------------------------------ acceptance on hand-made validation outcomes
+def outcomes(wins: int, losses: int, both_right: int = 20, both_wrong: int = 30) -> tuple[list[bool], list[bool]]:
+    """(current, candidate) per-item verdicts on 60-odd validation items with the given discordant counts."""
+    current = [False] * wins + [True] * losses + [True] * both_right + [False] * both_wrong
+    candidate = [True] * wins + [False] * losses + [True] * both_right + [False] * both_wrong
+    return current, candidate
+
+
+def gain_of(current: list[bool], candidate: list[bool]) -> float:
+    return (sum(candidate) - sum(current)) / len(current)
+
+
+def test_one_lucky_item_does_not_admit_a_rule_under_mcnemar() -> None:
+    current, candidate = outcomes(wins=1, losses=0)
+    verdict = judge(current, candidate, gain_of(current, candidate), "mcnemar")
+    assert (verdict.wins, verdict.losses, verdict.p_value) == (1, 0, 0.5)
+    assert not verdict.accepted and verdict.decision.startswith("rejected (mcnemar")
+
+
+def test_a_rule_winning_eight_items_and_losing_none_is_accepted_under_mcnemar() -> None:
+    current, candidate = outcomes(wins=8, losses=0)
+    verdict = judge(current, candidate, gain_of(current, candidate), "mcnemar")
+    assert (verdict.wins, verdict.losses) == (8, 0) and verdict.p_value == pytest.approx(1 / 256)
+    assert verdict.accepted and verdict.decision.startswith("accepted")
+
+
+@pytest.mark.parametrize(("wins", "losses", "accepted"), [(5, 0, True), (4, 0, False), (7, 1, True),
+                                                          (6, 1, False), (9, 2, True), (8, 2, False),
+                                                          (0, 8, False)])
+def test_mcnemar_threshold_is_one_sided_at_five_percent(wins: int, losses: int, accepted: bool) -> None:
+    current, candidate = outcomes(wins, losses)
+    assert judge(current, candidate, gain_of(current, candidate), "mcnemar").accepted is accepted
+
+
+def test_gain_mode_keeps_the_original_behaviour() -> None:
+    current, candidate = outcomes(wins=1, losses=0)
+    verdict = judge(current, candidate, gain_of(current, candidate), "gain")
+    assert verdict.accepted and (verdict.wins, verdict.losses) == (1, 0)  # evidence is recorded all the same
+    assert not judge(*outcomes(2, 2), 0.0, "gain").accepted  # gain must exceed min_gain (0), not equal it
+    assert judge(*outcomes(2, 2), 0.0, "gain", min_gain=-1.0).accepted
+
+
+def test_min_items_mode_counts_net_items_won() -> None:
+    assert judge(*outcomes(4, 1), 3 / 55, "min_items", min_items=3).accepted
+    assert not judge(*outcomes(4, 2), 2 / 56, "min_items", min_items=3).accepted
+
+
+def test_judge_refuses_unpaired_outcomes_and_unknown_modes() -> None:
+    with pytest.raises(ValueError, match="equally long"):
+        judge([True], [True, False], 0.0, "mcnemar")
+    with pytest.raises(ValueError, match="acceptance must be one of"):
+        judge([True], [True], 0.0, "bayes")
+
+
+def test_improvement_p_is_the_exact_one_sided_binomial_tail() -> None:
+    for n in range(12):
+        for wins in range(n + 1):
+            tail = sum(math.comb(n, i) for i in range(wins, n + 1)) / 2**n if n else 1.0
+            assert improvement_p(wins, n - wins) == pytest.approx(tail, abs=1e-12)

@@ -40,8 +40,8 @@ def run_folder(tmp_path: Path) -> Path:
 
 def test_cd_end_to_end_records_every_artifact(tmp_path: Path) -> None:
     with ScriptedServer(reply=rules_reply) as teacher:
-        metrics = execute(cd_config(tmp_path, teacher.base_url, "method.min_gain=-1.0", "method.max_rules=3"),
-                          progress=False)
+        metrics = execute(cd_config(tmp_path, teacher.base_url, "method.acceptance=gain", "method.min_gain=-1.0",
+                                    "method.max_rules=3"), progress=False)
     folder = run_folder(tmp_path)
     mistakes = [json.loads(line) for line in (folder / "mistakes.jsonl").read_text().splitlines()]
     assert len(mistakes) == 4  # the random tiny student gets everything wrong; capped at max_mistakes
@@ -52,6 +52,11 @@ def test_cd_end_to_end_records_every_artifact(tmp_path: Path) -> None:
     assert len(rules) == 3  # the shared second rule is deduplicated: 2 distinct + 1 common
     assert all(r["gain"] is not None for r in rules)  # min_gain=-1 keeps every rule; each got a validation gain
     assert sum(r["kept"] for r in rules) == 3
+    # every candidate's paired evidence and decision is recorded, in the rules file and the phase metrics
+    assert all(r["accepted"] and r["decision"].startswith("accepted (gain") for r in rules)
+    assert all(isinstance(r["wins"], int) and isinstance(r["losses"], int) and 0 < r["p_value"] <= 1 for r in rules)
+    assert metrics["acceptance"]["mode"] == "gain"
+    assert [t["rule_id"] for t in metrics["rule_tests"]] == [r["rule_id"] for r in rules]
     final_prompt = (folder / "final_prompt.txt").read_text()
     assert "Follow these rules:" in final_prompt and "The answer is N." in final_prompt
     assert metrics["paired"]["n"] == 3 and metrics["cd_prompt"]["n"] == metrics["base_prompt"]["n"] == 3
@@ -61,7 +66,10 @@ def test_cd_end_to_end_records_every_artifact(tmp_path: Path) -> None:
 
 def test_selection_never_touches_test_items(tmp_path: Path) -> None:
     with ScriptedServer(reply=rules_reply) as teacher:
-        execute(cd_config(tmp_path, teacher.base_url), progress=False)
+        metrics = execute(cd_config(tmp_path, teacher.base_url), progress=False)
+    # the default acceptance is the paired test; the random student wins no validation item, so nothing passes
+    assert metrics["acceptance"]["mode"] == "mcnemar" and metrics["kept_rules"] == 0
+    assert all(t["accepted"] is False and t["p_value"] == 1.0 for t in metrics["rule_tests"])
     folder = run_folder(tmp_path)
     splits = json.loads((folder / "splits.json").read_text())
     test_ids = set(splits["test"])
@@ -135,3 +143,67 @@ def test_transfer_evaluates_a_learned_prompt_without_a_teacher(tmp_path: Path, m
     metrics = execute(config, progress=False)
     assert metrics["transfer_from"] == str(prompt) and metrics["final_prompt"].endswith("Check every step.")
     assert list(metrics["models"]) == ["student"]
+
+
+# ------------------------------------------------------------------ deduction on hand-made validation outcomes
+class ScriptedValidation:
+    """A stand-in RunContext for the deduce phase: 60 validation items, the first 20 right with the base prompt;
+    each rule text in the system prompt turns the items it `wins` right and those it `loses` wrong."""
+
+    def __init__(self, root: Path, effects: dict[str, tuple[set[int], set[int]]]) -> None:
+        from types import SimpleNamespace
+
+        from bench.tracking import RunStore
+
+        self.effects = effects
+        self.store = RunStore(root)
+        self.task = SimpleNamespace(name="scripted", examples=lambda split, limit=None: list(range(60)))
+
+    def model(self, role: str) -> None:
+        return None
+
+    def evaluate(self, model, examples, *, split: str, name: str, system_prompt: str):
+        from bench.evaluation import EvalResult, SampleRecord, summarise
+
+        right = set(range(20))
+        for text, (wins, losses) in self.effects.items():
+            if text in system_prompt:
+                right = (right | wins) - losses
+        samples = [SampleRecord(run_id="r", evaluation=name, task_id=str(i), split=split, model_id="m",
+                                messages=[], completion="", status="passed" if i in right else "failed",
+                                passed=i in right, detail="", n_correct=int(i in right), score=float(i in right))
+                   for i in examples]
+        return EvalResult(name, samples, summarise(samples))
+
+
+LUCKY = "Read the question twice before answering."  # wins 1 item, loses none
+STRONG = "Write every intermediate result on its own line."  # wins 8 items, loses none
+
+
+def deduce_with(tmp_path: Path, acceptance: str) -> tuple[str, dict]:
+    from bench.config import CDConfig
+    from bench.methods.cd_rules import Rule
+    from bench.methods.concept_distillation import ConceptDistillation
+
+    ctx = ScriptedValidation(tmp_path / acceptance, {LUCKY: ({30}, set()), STRONG: (set(range(40, 48)), set())})
+    rules = [Rule(rule_id="r0.0", text=LUCKY, source_task_ids=[]),
+             Rule(rule_id="r1.0", text=STRONG, source_task_ids=[])]
+    return ConceptDistillation(CDConfig(acceptance=acceptance)).deduce(ctx, "Solve it.", rules)
+
+
+def test_mcnemar_acceptance_rejects_one_lucky_item_and_keeps_a_real_gain(tmp_path: Path) -> None:
+    final_prompt, summary = deduce_with(tmp_path, "mcnemar")
+    assert STRONG in final_prompt and LUCKY not in final_prompt
+    lucky, strong = summary["rule_tests"]
+    assert (lucky["wins"], lucky["losses"], lucky["p_value"], lucky["accepted"]) == (1, 0, 0.5, False)
+    assert (strong["wins"], strong["losses"], strong["accepted"], strong["kept"]) == (8, 0, True, True)
+    assert strong["p_value"] == pytest.approx(1 / 256)
+    recorded = [json.loads(line) for line in (tmp_path / "mcnemar" / "candidate_rules.jsonl").read_text().splitlines()]
+    assert [(r["wins"], r["losses"], r["accepted"]) for r in recorded] == [(1, 0, False), (8, 0, True)]
+
+
+def test_gain_acceptance_keeps_the_original_one_item_rule(tmp_path: Path) -> None:
+    final_prompt, summary = deduce_with(tmp_path, "gain")
+    assert LUCKY in final_prompt and STRONG in final_prompt
+    assert [t["accepted"] for t in summary["rule_tests"]] == [True, True]
+    assert summary["acceptance"]["mode"] == "gain"
