@@ -140,3 +140,39 @@ def test_humaneval_scoring_in_the_sandbox() -> None:
     canonical = [f"```python\n{e.question}{e.answer}\n```" for e in examples]
     assert [v.status for v in task.score_many(examples, canonical, progress=False)] == [Status.PASSED] * 3
     assert task.score(examples[0], "    return None\n").status is Status.FAILED
+
+
+def test_hub_multiarith_takes_worked_solutions_from_the_local_copy() -> None:
+    """The hub mirror has only final answers; the teacher should see the local file's equation instead."""
+    from bench.tasks.multiarith import build_examples
+
+    local = [{"_local": True, "sQuestion": " Debby had 32 pieces and ate 5. How many are left? ",
+              "lEquations": ["X=(32.0-5.0)"], "lSolutions": [27.0]},
+             {"_local": True, "sQuestion": "Tom had 3 and got 4 more. How many?", "lEquations": ["X=(3.0+4.0)"],
+              "lSolutions": [7.0]}]
+    hub = [{"question": "Debby had 32 pieces and ate 5.  How many are left?", "final_ans": "27"},
+           {"question": "Tom had 3 and got 4 more. How many?", "final_ans": "8"},  # answers disagree: no match
+           {"question": "Ann has 2 cats. How many cats?", "final_ans": "2"}]  # not in the local copy
+    debby, tom, ann = build_examples(hub, local)
+    assert debby.solution == "(32 - 5) = 27. The answer is 27." and debby.extra["solution_source"] == "local_match"
+    assert debby.id == question_id(local[0]["sQuestion"])
+    assert (tom.solution, tom.extra["solution_source"]) == ("The answer is 8.", "answer_only")
+    assert (ann.solution, ann.extra["solution_source"]) == ("The answer is 2.", "answer_only")
+    assert [e.extra["solution_source"] for e in build_examples(local)] == ["local", "local"]
+    assert [e.solution for e in build_examples(hub)] == [f"The answer is {n}." for n in (27, 8, 2)]
+
+
+def test_multiarith_from_the_hub_records_where_its_solutions_came_from(tmp_path: Path, monkeypatch) -> None:
+    import bench.tasks.multiarith as multiarith
+
+    (tmp_path / "multiarith").mkdir()
+    (tmp_path / "multiarith" / "MultiArith.json").write_text(json.dumps(
+        [{"sQuestion": f"Sam had {n} apples and got 1 more. How many?", "lEquations": [f"X=({n}.0+1.0)"],
+          "lSolutions": [n + 1.0]} for n in range(6)]))
+    hub = [{"question": f"Sam had {n} apples and got 1 more. How many?", "final_ans": str(n + 1)} for n in range(6)]
+    monkeypatch.setattr(multiarith, "load_records", lambda config, split, reader: (hub, "hub:ChilleD/MultiArith:x"))
+    splits = task_for("multiarith", local_dir=str(tmp_path), validation_size=1, test_size=2).splits
+    assert splits.source == f"hub:ChilleD/MultiArith:x (worked solutions matched from local:{tmp_path})"
+    examples = splits.train + splits.validation + splits.test
+    assert {e.extra["solution_source"] for e in examples} == {"local_match"}
+    assert all(e.solution.startswith("(") and e.solution.endswith(f"The answer is {e.answer}.") for e in examples)
