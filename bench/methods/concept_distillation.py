@@ -10,6 +10,17 @@ deduce:     rules are added to the base prompt and kept only if they pass an acc
 evaluate:   base and final prompt on the same *test* items, with a paired test.
 Every phase writes its artifacts and a done-marker, so a killed run resumes after the last finished phase.
 Selection only ever sees train and validation items.
+
+Other prompt optimizers (planned; the paper compares CD against automatic prompt optimizers). The slot for one in
+the head-to-head is a Method that learns a system prompt from the same student on the same `splits.json` train
+and validation items, with the harness's scorer (`task.score`) as its metric, and writes `final_prompt.txt` to its
+run folder; that prompt is then scored exactly as CD's is, by `ConceptDistillation.evaluate` (base vs. learned
+prompt on the same test items, paired test). `method=cd method.prompt_from=<run folder>` already does that last
+step for any prompt file, so an optimizer run elsewhere can be compared before it has its own Method. Candidates:
+DSPy `InferRules` (the nearest peer: teacher-induced rules filtered on a val set), `MIPROv2` (instructions only:
+max_bootstrapped_demos=0, max_labeled_demos=0, or its demos rendered into the prompt text, else it gets few-shot
+turns CD does not), and `COPRO` (instruction search). Their prompt model plays CD's teacher and its cost is
+recorded like `teacher_usage.json`.
 """
 
 from __future__ import annotations
