@@ -92,6 +92,7 @@ _bench_runner()
 '''
 
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_TAGS = ("", "python", "py", "python3")
 _FENCE_LINE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*(?:\n|\Z)")
 _CODE_START = re.compile(r"^(def |async def |class |import |from |@|#|if __name__)")
 # How code (not prose) opens: the text before a stray closing fence must start like this to count as a code block.
@@ -144,7 +145,7 @@ def strip_markdown(completion: str, entry_point: str | None = None) -> str:
     blocks = _fenced_blocks(completion)
     if not blocks:
         return completion
-    python_blocks = [body for lang, body in blocks if lang in ("", "python", "py", "python3")] or \
+    python_blocks = [body for lang, body in blocks if lang in _PYTHON_TAGS] or \
         [body for _, body in blocks]
     if entry_point:
         defining = [body for body in python_blocks if re.search(rf"\bdef\s+{re.escape(entry_point)}\s*\(", body)]
@@ -237,6 +238,25 @@ def _body_candidates(code: str) -> list[str]:
     return candidates
 
 
+def _with_helper_blocks(completion: str, chosen: str, entry_point: str) -> str:
+    """The fenced block that defines `entry_point`, with the other blocks that parse on their own around it, in order.
+
+    Chat models sometimes put a helper in its own block ("First a helper: ... Then the function: ..."); scored
+    alone, the function's block fails with a NameError. Other blocks are joined only when the chosen one is a full
+    definition and they do not define the entry point themselves (a second version of the function does not
+    replace the first); the sanitizer then drops whatever the entry point does not use (usage examples, prints).
+    """
+    blocks = [body for lang, body in _fenced_blocks(completion) if lang.lower() in _PYTHON_TAGS]
+    if len(blocks) < 2 or chosen not in blocks or not _defines(textwrap.dedent(chosen), entry_point):
+        return chosen
+    position = blocks.index(chosen)
+    joined = [textwrap.dedent(body) for index, body in enumerate(blocks)
+              if index == position or (not _defines(textwrap.dedent(body), entry_point)
+                                       and parses(textwrap.dedent(body)))]
+    candidate = "\n\n".join(part.strip("\n") for part in joined) + "\n"
+    return candidate if parses(candidate) else chosen
+
+
 def extract_completion_code(prompt: str, completion: str, entry_point: str) -> str:
     """Turn raw model output into code that continues `prompt`.
 
@@ -246,7 +266,7 @@ def extract_completion_code(prompt: str, completion: str, entry_point: str) -> s
     Either way the code is then sanitized (`bench.scoring.sanitize`): only what the entry point needs stays, so a
     demo `__main__` block, example asserts or trailing prose cannot fail a correct solution.
     """
-    code = strip_markdown(completion, entry_point)
+    code = _with_helper_blocks(completion, strip_markdown(completion, entry_point), entry_point)
     dedented = textwrap.dedent(code)
     if _defines(dedented, entry_point):
         full = _full_definition(prompt + "\n", dedented, entry_point)

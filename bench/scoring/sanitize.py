@@ -24,6 +24,11 @@ from collections.abc import Iterable
 # Top-level statements that bind a name the entry point may use; everything else at top level is script code.
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _IMPORTS = (ast.Import, ast.ImportFrom)
+# Top-level code that may fill a global in place: `TABLE += ...`, a loop of `TABLE.append(...)` or `TABLE[k] = v`.
+_MUTATING_STATEMENTS = (ast.AugAssign, ast.For, ast.While, ast.If, ast.With, ast.Expr)
+# Method calls that change their object: a statement calling one on a global counts as building that global.
+_MUTATORS = frozenset({"append", "extend", "insert", "add", "update", "setdefault", "__setitem__", "sort",
+                       "reverse"})
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 
 
@@ -108,7 +113,36 @@ def _bound_names(node: ast.stmt) -> list[str]:
     if isinstance(node, ast.Try) and _only_bindings(node):
         branches = [node.body, node.orelse, node.finalbody, *(handler.body for handler in node.handlers)]
         return [name for branch in branches for statement in branch for name in _bound_names(statement)]
+    if isinstance(node, _MUTATING_STATEMENTS):
+        return sorted(_mutated_globals(node))
     return []
+
+
+def _base_name(target: ast.expr) -> str | None:
+    """`TABLE` of `TABLE`, `TABLE[k]`, `TABLE[k][j]` or `TABLE.attr`: the global a write lands in."""
+    while isinstance(target, (ast.Subscript, ast.Attribute)):
+        target = target.value
+    return target.id if isinstance(target, ast.Name) else None
+
+
+def _mutated_globals(node: ast.stmt) -> set[str]:
+    """Globals a top-level statement builds in place: augmented or item/attribute assignment, or a mutating method
+    call (`VOWELS += VOWELS.upper()`, `for i in range(10): SQUARES.append(i * i)`). Plain names a loop assigns
+    (its loop variable, a demo's `result = f(x)`) do not count: they are script state, not the function's data.
+    A demo that only calls and prints builds nothing, so it is still dropped.
+    """
+    names: set[str] = set()
+    for child in ast.walk(node):
+        if isinstance(child, ast.AugAssign) or (isinstance(child, ast.Assign) and child is not node):
+            targets = [child.target] if isinstance(child, ast.AugAssign) else child.targets
+            for target in targets:
+                if isinstance(child, ast.AugAssign) or isinstance(target, (ast.Subscript, ast.Attribute)):
+                    names.add(_base_name(target) or "")
+        elif (isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute)
+              and child.func.attr in _MUTATORS):
+            names.add(_base_name(child.func.value) or "")
+    names.discard("")
+    return names
 
 
 def _only_bindings(node: ast.Try) -> bool:

@@ -150,3 +150,10 @@ def test_all_humaneval_canonical_solutions_pass_and_mutants_fail(checker):
     mutants = checker.score_many([(p, "    return None\n") for p in problems])
     survived = [p.task_id for p, v in zip(problems, mutants) if v.status is Status.PASSED]
     assert survived == []
+
+
+def test_helper_in_its_own_fenced_block_before_the_function_is_kept(checker):
+    completion = ("First a helper:\n```python\ndef total(xs):\n    return sum(xs)\n```\n"
+                  "Then the function:\n```python\ndef add(xs: List[int]) -> int:\n    return total(xs)\n```\n"
+                  "Usage:\n```python\nprint(add([1, 2]))\n```")
+    assert checker.score(PROBLEM, completion).status is Status.PASSED

@@ -107,3 +107,20 @@ def test_future_imports_are_dropped_because_the_prompt_comes_first():
 def test_lines_split_where_python_splits():
     assert split_lines("a\r\nb\rc\nd\x0ce\n") == ["a\r\n", "b\r", "c\n", "d\x0ce\n"]
     assert sanitize("def f():\r\n    return 1\r\nprint(f())\r\n", "f") == "def f():\r\n    return 1\n"
+
+
+def test_augmented_assignment_to_a_kept_global_is_kept():
+    code = ('VOWELS = "aeiou"\nVOWELS += VOWELS.upper()\n\n'
+            "def count(s):\n    return sum(c in VOWELS for c in s)\n\nprint(count('HeLLo'))\n")
+    out = sanitize(code, "count")
+    assert "VOWELS += VOWELS.upper()" in out and "print(" not in out
+
+
+def test_a_loop_filling_a_kept_global_is_kept_and_a_demo_loop_is_not():
+    code = ("SQUARES = []\nfor i in range(10):\n    SQUARES.append(i * i)\n\n"
+            "TABLE = {}\nfor i in range(3):\n    TABLE[i] = i + 1\n\n"
+            "def lookup(n):\n    return SQUARES[n] + TABLE.get(n, 0)\n\n"
+            "for case in (1, 2):\n    print(lookup(case))\n")
+    out = sanitize(code, "lookup")
+    assert "SQUARES.append(i * i)" in out and "TABLE[i] = i + 1" in out
+    assert "print(" not in out
