@@ -8,6 +8,7 @@ logits that predict answer token j sit at `answer_start + j - 1` on either side,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,25 +59,160 @@ def answer_logits(logits: torch.Tensor, starts: list[int], lengths: list[int]) -
                                                                                                       lengths))])
 
 
+KL_DIRECTIONS = ("forward", "reverse")
+TOPK_TAILS = ("renormalize", "rest_bucket")
+
+
+def check_kd_options(kl_direction: str, topk_tail: str) -> None:
+    if kl_direction not in KL_DIRECTIONS:
+        raise ValueError(f"kl_direction must be one of {KL_DIRECTIONS}, got {kl_direction!r}")
+    if topk_tail not in TOPK_TAILS:
+        raise ValueError(f"topk_tail must be one of {TOPK_TAILS}, got {topk_tail!r}")
+
+
+def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """float32 at least (bf16 log-softmax is too coarse for a KL), float64 kept (exact reference checks)."""
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+def kl_from_log_probs(log_p: torch.Tensor, log_q: torch.Tensor, direction: str) -> torch.Tensor:
+    """Mean over rows of KL between two distributions given as log-probabilities on the same buckets [N, B].
+
+    `log_p` is the teacher's side, `log_q` the student's: forward = KL(p||q) = sum p (log p - log q), the usual
+    distillation objective (mass-covering); reverse = KL(q||p) = sum q (log q - log p) (mode-seeking), the
+    published RP-KD direction.
+    """
+    if direction == "forward":
+        return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    if direction == "reverse":
+        return (log_q.exp() * (log_q - log_p)).sum(-1).mean()
+    raise ValueError(f"kl_direction must be one of {KL_DIRECTIONS}, got {direction!r}")
+
+
+def exact_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+             direction: str = "forward") -> torch.Tensor:
+    """The full-vocabulary KL at temperature T between [N, V] teacher and student logits: what top-k approximates."""
+    dtype = _compute_dtype(student_logits)
+    return kl_from_log_probs(F.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1),
+                             F.log_softmax(student_logits.to(dtype) / temperature, dim=-1), direction)
+
+
+def teacher_topk(logits: torch.Tensor, k: int, temperature: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a teacher cache must keep per position for either tail: (indices int32 [N, k], logits fp16 [N, k],
+    log_rest float32 [N] = log of the teacher's tempered probability mass OUTSIDE its top k).
+
+    `renormalize` needs only the first two. `rest_bucket` also needs log_rest: it cannot be recovered from the
+    top-k logits (it depends on the whole vocabulary, and on T). It is computed here, from the full fp32 row, by a
+    logsumexp over the off-top-k tokens; deriving it later as 1 - sum(top-k probs) from the fp16 values loses it
+    when it is small (at T = 1 fp16 rounding moved a 2% rest mass by tens of percent; benchmarks/kd_topk.py).
+    """
+    scaled = logits.float() / temperature
+    values, indices = logits.float().topk(k, dim=-1)
+    log_rest = _off_support_logsumexp(scaled, indices) - torch.logsumexp(scaled, dim=-1)
+    return indices.to(torch.int32), values.to(torch.float16), log_rest
+
+
+def _off_support_logsumexp(scores: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """logsumexp of each row's entries outside `indices`; a very negative finite number when there are none (the
+    finite fill keeps the backward free of NaN: exp(-inf - -inf) would be one)."""
+    return torch.logsumexp(scores.scatter(-1, indices, torch.finfo(scores.dtype).min), dim=-1)
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x <= 0, accurate on both ends (Maechler 2012)."""
+    x = x.clamp(max=0.0)
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def topk_bucket_log_probs(student_logits: torch.Tensor, teacher_indices: torch.Tensor,
+                          teacher_logits: torch.Tensor, temperature: float, topk_tail: str,
+                          teacher_log_rest: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(teacher log-probs, student log-probs) on the buckets the top-k KL compares, both at temperature T.
+
+    renormalize: the k teacher tokens; both sides renormalised over them ([N, k]). The student's tail mass is
+        ignored, so a student that spreads the teacher's top-k like the teacher does has KL 0 however much mass
+        it leaves in the rest of the vocabulary.
+    rest_bucket: the k teacher tokens plus one bucket for everything else ([N, k + 1]). The student's side is
+        its FULL-vocabulary log-softmax on the k tokens, and its rest = 1 - the sum of its probs on them
+        (computed as a logsumexp over the other tokens, so a small rest keeps its precision). The teacher's rest
+        = 1 - the sum of its top-k probs at T, given as `teacher_log_rest` (see `teacher_topk`); its top-k
+        tokens share the remaining mass in the proportions of its top-k logits. Merging the tail into one bucket
+        can only lower a KL (log-sum inequality), so this is a lower bound of the full-vocabulary KL, exact when
+        k = V or when the two tails are proportional; in the forward direction its gradient on the top-k logits
+        is exactly the full KL's, (q - p) / T, and on the tail it assumes the teacher's tail shaped like the
+        student's.
+    """
+    dtype = _compute_dtype(student_logits)
+    indices = teacher_indices.long()
+    teacher_scaled = teacher_logits.to(dtype) / temperature
+    if topk_tail == "renormalize":
+        student_on_support = student_logits.to(dtype).gather(-1, indices) / temperature
+        return F.log_softmax(teacher_scaled, dim=-1), F.log_softmax(student_on_support, dim=-1)
+    if topk_tail != "rest_bucket":
+        raise ValueError(f"topk_tail must be one of {TOPK_TAILS}, got {topk_tail!r}")
+    if teacher_log_rest is None:
+        raise ValueError("topk_tail=rest_bucket needs the teacher's tempered log-mass outside its top-k per position "
+                         "(kd.teacher_topk); this teacher signal has top-k logits only. Use topk_tail=renormalize, "
+                         "or cache that mass with the top-k.")
+    floor = math.log(torch.finfo(dtype).tiny)  # an empty bucket: log 0 clamped, no inf - inf, no NaN gradient
+    teacher_rest = teacher_log_rest.to(dtype).clamp(min=floor, max=0.0)
+    teacher_top = F.log_softmax(teacher_scaled, dim=-1) + _log1mexp(teacher_rest).unsqueeze(-1)
+    student_all = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    student_rest = _off_support_logsumexp(student_all, indices).clamp(min=floor)
+    return (torch.cat([teacher_top, teacher_rest.unsqueeze(-1)], dim=-1),
+            torch.cat([student_all.gather(-1, indices), student_rest.unsqueeze(-1)], dim=-1))
+
+
 def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, teacher_indices: torch.Tensor | None,
-            teacher_logits: torch.Tensor | None, temperature: float, alpha: float
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`alpha * CE + (1 - alpha) * T^2 * KL(teacher_T || student_T)` averaged over answer tokens.
+            teacher_logits: torch.Tensor | None, temperature: float, alpha: float, *,
+            kl_direction: str = "forward", topk_tail: str = "renormalize",
+            teacher_log_rest: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`alpha * CE + (1 - alpha) * T^2 * KL` averaged over answer tokens; KL between the tempered teacher and
+    student on the buckets of `topk_tail`, in `kl_direction` (see `topk_bucket_log_probs`, `kl_from_log_probs`).
 
     student_logits [N, V] and targets [N] are the answer positions only. The teacher is given as its top-k
-    logits [N, k] with their vocabulary indices [N, k]. Both tempered distributions are renormalised over those
-    same k tokens, so the KL is a true divergence between two distributions on one support: zero exactly when
-    the student ranks and spaces the teacher's top-k like the teacher does. (Gathering the student's *full-vocab*
-    log-probs instead leaves a floor of log(V/k)-ish that the student can only lower by pushing every top-k logit
-    far above the rest of the vocabulary; at T ~ 6 with T^2 ~ 35 that term swamped CE and flattened the student
+    logits [N, k] with their vocabulary indices [N, k] (plus, for rest_bucket, its log-mass outside them [N]). Both
+    choices keep the KL a true divergence between two distributions on one support: zero exactly when the
+    student matches the teacher there. (Gathering the student's *full-vocab* log-probs on the top-k *without* a
+    rest bucket leaves a floor of log(V/k)-ish that the student can only lower by pushing every top-k logit far
+    above the rest of the vocabulary; at T ~ 6 with T^2 ~ 35 that term swamped CE and flattened the student
     over the teacher's top-k — measured: every KD arm fell to 0% on GSM8K.) Returns (loss, ce, kl).
     """
-    ce = F.cross_entropy(student_logits.float(), targets)
+    check_kd_options(kl_direction, topk_tail)
+    ce = F.cross_entropy(student_logits.to(_compute_dtype(student_logits)), targets)
     if teacher_indices is None or teacher_logits is None or alpha == 1.0:
         return ce, ce.detach(), torch.zeros((), device=ce.device)
-    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    student_on_support = student_logits.float().gather(-1, teacher_indices.long())
-    student_log_probs = F.log_softmax(student_on_support / temperature, dim=-1)
-    kl = (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(-1).mean()
+    log_p, log_q = topk_bucket_log_probs(student_logits, teacher_indices, teacher_logits, temperature, topk_tail,
+                                         teacher_log_rest)
+    kl = kl_from_log_probs(log_p, log_q, kl_direction)
     loss = alpha * ce + (1 - alpha) * temperature**2 * kl
     return loss, ce.detach(), kl.detach()
+
+
+def published_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The public RP-KD code's loss, defects included, to test whether its numbers reproduce.
+
+    student_logits [B, Ls, V] (student on the question only), teacher_logits [B, Lt, V] (full vocabulary; teacher
+    on `priming + question`), labels [B, La] (the tokenized answer). As published, all three are cut to their
+    first n = min(Ls, Lt, La) positions and compared *position by position*: student position i is trained on
+    answer token i (no shift, question positions against answer tokens) and on the teacher's position i (a
+    different token once the priming prefix shifts the teacher). Rows are flattened to [B * n, V], so CE is the
+    mean over B * n positions (ignore_index -100) and "batchmean" divides the KL sum by B * n.
+
+    KD = F.kl_div(log_softmax(teacher / T), softmax(student / T), reduction="batchmean") * T^2, as called
+    there. F.kl_div(input, target) computes sum target * (log target - input), so with input = teacher
+    log-probs and target = student probs this is KL(student || teacher), the reverse KL, over the full
+    vocabulary (the code's comment says "reverse KL-divergence"). Loss = alpha * CE + (1 - alpha) * KD.
+    Returns (loss, ce, kd) with kd already multiplied by T^2.
+    """
+    n = min(student_logits.size(1), teacher_logits.size(1), labels.size(1))
+    vocab = student_logits.size(-1)
+    dtype = _compute_dtype(student_logits)
+    student = student_logits[:, :n].reshape(-1, vocab).to(dtype)
+    teacher = teacher_logits[:, :n].reshape(-1, vocab).to(dtype)
+    ce = F.cross_entropy(student, labels[:, :n].reshape(-1))
+    kd = F.kl_div(F.log_softmax(teacher / temperature, dim=-1), F.softmax(student / temperature, dim=-1),
+                  reduction="batchmean", log_target=False) * temperature**2
+    return alpha * ce + (1 - alpha) * kd, ce.detach(), kd.detach()
