@@ -138,19 +138,30 @@ class CDConfig(MethodConfig):
 class LoRAConfig:
     r: int = 4  # repo defaults (alonso130r/knowledge-distillation)
     alpha: int = 8
-    dropout: float = 0.1
+    dropout: float = 0.1  # published for every arm but Base-KD (0.2): see RPKDConfig.lora_dropout_by_arm
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 @dataclass
 class TrainConfig:
+    """Optimisation of the LoRA parameters (and only those). Defaults are the published RP-KD recipe."""
+
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 5e-6
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.01  # on the LoRA parameters, the only ones the optimizer holds
+    # none (constant lr) | cosine: CosineAnnealingLR(T_max) stepped after EVERY optimizer step, eta_min 0. Past
+    # T_max steps the rate climbs back up (cos is periodic), as published: 2 epochs of T_max = 2638 batch-1
+    # steps anneal to 0 in epoch 1 and return to lr by the end of epoch 2.
+    scheduler: str = "cosine"
+    # null = the number of training items (published: len(train set)), i.e. one epoch of batch-1 steps. It is
+    # a count of optimizer steps, so with batch_size * grad_accum > 1 an epoch has fewer steps than T_max.
+    scheduler_t_max: int | None = None
     epochs: int = 2
     batch_size: int = 1
     grad_accum: int = 1
     max_length: int = 256  # tokens of prompt + answer; longer examples are truncated from the answer's end
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = None  # null = no clipping (published); a number clips the global grad norm
     save_every: int = 50  # optimizer steps between resumable checkpoints
     gradient_checkpointing: bool = False  # on GPU for long sequences
     seed: int = 0
@@ -166,12 +177,17 @@ class RPKDConfig(MethodConfig):
     custom_priming: str | None = None  # text of the `custom` arm's priming prompt
     signal: str = "token"  # token (same tokenizer: top-k teacher logits) | sequence (teacher-written solutions)
     top_k: int = 20  # teacher log-probs cached per answer position
-    temperature: float = 5.94  # KD temperature T (repo value)
-    alpha: float = 0.609  # weight of cross-entropy; 1 - alpha weighs T^2 * KL (repo value)
+    temperature: float = 5.942267335064758  # KD temperature T (repo value, from its Optuna search)
+    alpha: float = 0.6093348343631224  # weight of cross-entropy; 1 - alpha weighs T^2 * KL (repo value)
+    kl_direction: str = "reverse"  # reverse = KL(student||teacher) (published) | forward = KL(teacher||student)
+    # renormalize | rest_bucket: the mass outside the teacher's top-k (kd.kd_loss; measured in conf/method/rpkd.yaml)
+    topk_tail: str = "renormalize"
     train_limit: int | None = 2638  # first N train items (repo: GSM8K train[:2638])
     filter_correct: bool = True  # sequence-level: keep only teacher solutions the scorer accepts
     teacher_batch_size: int = 4
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    # arm -> LoRA dropout in place of lora.dropout for that arm (published: 0.2 for Base-KD, 0.1 for the rest)
+    lora_dropout_by_arm: dict[str, float] = field(default_factory=lambda: {"base": 0.2})
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

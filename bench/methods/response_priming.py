@@ -28,7 +28,7 @@ from bench.models.base import GenerationRequest, Message
 from bench.models.hf import load_model_and_tokenizer, resolve_device, resolve_dtype
 from bench.tasks.base import Example
 from bench.training.kd import aligned_sequence, answer_ids
-from bench.training.lora_trainer import LoRATrainer, TrainItem
+from bench.training.lora_trainer import LoRATrainer, TrainItem, lora_for_arm
 from bench.training.priming import (ARMS, BASELINE_ARMS, PRIMING_ARMS, priming_prompt, primed_question,
                                     select_arms)
 from bench.training.teacher_logits import TopKCache, check_same_tokenizer, compute_topk
@@ -155,8 +155,10 @@ class ResponsePrimingKD(Method):
             topk = TopKCache({i.example_id: tuple(t[: i.sequence.answer_length] for t in topk[i.example_id])
                               for i in items}, topk.k)
         alpha = self.config.alpha if topk is not None else 1.0
-        trainer = LoRATrainer(model, self.lora, self.train_config, self.config.temperature, alpha,
-                              tokenizer.pad_token_id, progress=ctx.progress)
+        trainer = LoRATrainer(model, lora_for_arm(self.lora, arm, self.config.lora_dropout_by_arm),
+                              self.train_config, self.config.temperature, alpha, tokenizer.pad_token_id,
+                              progress=ctx.progress, kl_direction=self.config.kl_direction,
+                              topk_tail=self.config.topk_tail)
         report = trainer.train(items, topk, output, on_log=lambda row: ctx.tracker.log({f"train/{arm}": row}))
         ctx.store.write_jsonl(f"artifacts/{arm}/losses.jsonl", report.losses)
         ctx.store.mark_phase_done(f"train_{arm}", {"items": len(items), "steps": report.steps, "alpha": alpha,

@@ -1,8 +1,8 @@
 """A readable LoRA training loop for (KD or plain) fine-tuning, with resumable checkpoints.
 
-A plain loop rather than `Trainer`: the whole recipe — shuffled order, the loss, accumulation, clipping,
-checkpoints — fits on one screen, and every arm of a comparison runs the very same code path with the same
-seeded data order, so arms differ only in the loss's teacher term.
+A plain loop rather than `Trainer`: the whole recipe — shuffled order, the loss, accumulation, optional clipping,
+the lr schedule, checkpoints — fits on one screen, and every arm of a comparison runs the very same code path
+with the same seeded data order, so arms differ only in the loss's teacher term.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import json
 import logging
 import math
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,7 +22,8 @@ from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from bench.config import LoRAConfig, TrainConfig
-from bench.training.kd import IGNORE, AlignedSequence, answer_logits, kd_loss
+from bench.training.kd import IGNORE, AlignedSequence, answer_logits, check_kd_options, kd_loss
+from bench.training.priming import ARMS
 from bench.training.teacher_logits import TopKCache
 
 logger = logging.getLogger(__name__)
@@ -41,17 +43,58 @@ class TrainReport:
     adapter_dir: str
 
 
-def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr)
-    if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}; expected sgd or adamw")
+SCHEDULERS = ("none", "cosine")
+
+
+def make_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD (with momentum) or AdamW over `parameters`, weight decay included (published: on LoRA params only)."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; expected sgd or adamw")
+
+
+def scheduler_t_max(config: TrainConfig, n_items: int) -> int:
+    """Cosine period in optimizer steps: scheduler_t_max, else the number of training items (published)."""
+    t_max = config.scheduler_t_max if config.scheduler_t_max is not None else n_items
+    if t_max < 1:
+        raise ValueError(f"method.train.scheduler_t_max must be >= 1, got {t_max}")
+    return t_max
+
+
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, n_items: int
+                   ) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """None (constant lr) or torch's CosineAnnealingLR (eta_min 0), the published scheduler, stepped per
+    optimizer step; beyond T_max it follows the cosine back up rather than holding at 0, as published."""
+    if config.scheduler == "none":
+        return None
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=scheduler_t_max(config, n_items))
+    raise ValueError(f"unknown scheduler {config.scheduler!r}; expected one of {SCHEDULERS}")
 
 
 def add_lora(model, config: LoRAConfig):
     return get_peft_model(model, LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
                                             target_modules=list(config.target_modules), task_type="CAUSAL_LM"))
+
+
+def lora_parameters(model) -> list[torch.nn.Parameter]:
+    """The LoRA adapter weights: the only parameters the optimizer (and its weight decay) ever sees."""
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    lora = [p for name, p in trainable.items() if "lora_" in name]
+    others = sorted(name for name in trainable if "lora_" not in name)
+    if others or not lora:
+        raise ValueError(f"expected only LoRA parameters to be trainable; also trainable: {others[:5]}")
+    return lora
+
+
+def lora_for_arm(lora: LoRAConfig, arm: str, dropout_by_arm: Mapping[str, float]) -> LoRAConfig:
+    """`lora` with the arm's dropout override, if any (published: Base-KD 0.2, every other arm 0.1)."""
+    unknown = sorted(set(dropout_by_arm) - set(ARMS))
+    if unknown:
+        raise ValueError(f"method.lora_dropout_by_arm names unknown arms {unknown}; choose from {list(ARMS)}")
+    return replace(lora, dropout=float(dropout_by_arm[arm])) if arm in dropout_by_arm else lora
 
 
 def collate(items: list[TrainItem], pad_token_id: int) -> dict[str, torch.Tensor | list[int]]:
@@ -70,15 +113,24 @@ def collate(items: list[TrainItem], pad_token_id: int) -> dict[str, torch.Tensor
 
 
 class LoRATrainer:
-    """Trains LoRA adapters on a causal LM with `alpha * CE + (1 - alpha) * T^2 * KL` on answer tokens."""
+    """Trains LoRA adapters on a causal LM with `alpha * CE + (1 - alpha) * T^2 * KL` on answer tokens.
+
+    The KL's direction and its treatment of the teacher's top-k tail are `kd.kd_loss`'s options.
+    """
 
     def __init__(self, model, lora: LoRAConfig, train: TrainConfig, temperature: float, alpha: float,
-                 pad_token_id: int, progress: bool = True) -> None:
+                 pad_token_id: int, progress: bool = True, kl_direction: str = "forward",
+                 topk_tail: str = "renormalize") -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        check_kd_options(kl_direction, topk_tail)
+        if train.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {train.scheduler!r}; expected one of {SCHEDULERS}")
         self.train_config = train
         self.temperature = temperature
         self.alpha = alpha
+        self.kl_direction = kl_direction
+        self.topk_tail = topk_tail
         self.pad_token_id = pad_token_id
         self.progress = progress
         torch.manual_seed(train.seed)  # LoRA init is random: the same seed gives every arm the same start
@@ -86,8 +138,9 @@ class LoRATrainer:
         if train.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
             self.model.enable_input_require_grads()
-        self.optimizer = make_optimizer(train.optimizer, [p for p in self.model.parameters() if p.requires_grad],
-                                        train.lr)
+        self.lora_params = lora_parameters(self.model)
+        self.optimizer = make_optimizer(train, self.lora_params)
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # built in train(): T_max needs items
 
     def batch_loss(self, batch: dict, items: list[TrainItem], teacher: TopKCache | None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -96,11 +149,15 @@ class LoRATrainer:
                             attention_mask=batch["attention_mask"].to(device)).logits
         student = answer_logits(logits, batch["starts"], batch["lengths"])
         targets = torch.cat([torch.tensor(item.sequence.input_ids[item.sequence.answer_start:]) for item in items])
-        indices = values = None
+        indices = values = log_rest = None
         if teacher is not None:
-            indices = torch.cat([teacher[item.example_id][0] for item in items]).long().to(device)
-            values = torch.cat([teacher[item.example_id][1] for item in items]).float().to(device)
-        return kd_loss(student, targets.to(device), indices, values, self.temperature, self.alpha)
+            entries = [teacher[item.example_id] for item in items]
+            indices = torch.cat([entry[0] for entry in entries]).long().to(device)
+            values = torch.cat([entry[1] for entry in entries]).float().to(device)
+            if all(len(entry) > 2 for entry in entries):  # (indices, logits, log-rest mass): kd.teacher_topk
+                log_rest = torch.cat([entry[2] for entry in entries]).float().to(device)
+        return kd_loss(student, targets.to(device), indices, values, self.temperature, self.alpha,
+                       kl_direction=self.kl_direction, topk_tail=self.topk_tail, teacher_log_rest=log_rest)
 
     def _order(self, items: list[TrainItem]) -> list[list[TrainItem]]:
         """Batches for all epochs, in a seeded order: identical for every arm, and reproducible on resume."""
@@ -117,9 +174,11 @@ class LoRATrainer:
               on_log: Callable[[dict], None] | None = None) -> TrainReport:
         if not items:
             raise ValueError("no training items (all filtered out, or method.train_limit is 0)")
+        self._check_teacher_signal(items, teacher)
         batches = self._order(items)
         accumulate = self.train_config.grad_accum
         total_steps = math.ceil(len(batches) / accumulate)
+        self.scheduler = make_scheduler(self.train_config, self.optimizer, len(items))
         checkpoint = output_dir / "checkpoint"
         step = self._resume(checkpoint)
         resumed_from = step
@@ -134,12 +193,15 @@ class LoRATrainer:
                 (loss / len(group)).backward()
                 for key, value in (("loss", loss), ("ce", ce), ("kl", kl)):
                     totals[key] += float(value.detach()) / len(group)
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                           self.train_config.max_grad_norm)
+            if self.train_config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.lora_params, self.train_config.max_grad_norm)
+            lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             step += 1
-            losses.append({"step": step, **totals})
+            losses.append({"step": step, "lr": lr, **totals})
             if on_log:
                 on_log(losses[-1])
             bar.set_postfix(loss=f"{totals['loss']:.3f}")
@@ -153,12 +215,24 @@ class LoRATrainer:
         return TrainReport(steps=total_steps, resumed_from_step=resumed_from, losses=losses,
                            adapter_dir=str(adapter_dir))
 
+    def _check_teacher_signal(self, items: list[TrainItem], teacher: TopKCache | None) -> None:
+        """rest_bucket needs each position's teacher mass outside its top-k: fail before step 1, not at it."""
+        if teacher is None or self.topk_tail != "rest_bucket" or self.alpha == 1.0:
+            return
+        if len(teacher[items[0].example_id]) < 3:
+            raise ValueError("topk_tail=rest_bucket needs the teacher's tempered log-mass outside its top-k per "
+                             "position next to the top-k (kd.teacher_topk); this teacher cache holds top-k logits "
+                             "only. Re-prime the teacher with a cache that stores it, or set "
+                             "method.topk_tail=renormalize.")
+
     def _save_checkpoint(self, path: Path, step: int) -> None:
-        """Adapter + optimizer + step, written to a temp folder and renamed so a kill never leaves half of one."""
+        """Adapter + optimizer + lr scheduler + step, written to a temp folder and renamed so a kill never leaves
+        half of one; the scheduler's state is what keeps a resumed run on the same lr curve."""
         temp = path.with_name(path.name + ".tmp")
         temp.mkdir(parents=True, exist_ok=True)
+        scheduler = self.scheduler.state_dict() if self.scheduler is not None else None
         torch.save({"adapter": get_peft_model_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
-                    "step": step}, temp / "state.pt")
+                    "scheduler": scheduler, "step": step}, temp / "state.pt")
         (temp / "step.json").write_text(json.dumps({"step": step}))
         if path.exists():
             old = path.with_name(path.name + ".old")
@@ -176,5 +250,22 @@ class LoRATrainer:
         state = torch.load(path / "state.pt", weights_only=False)
         set_peft_model_state_dict(self.model, state["adapter"])
         self.optimizer.load_state_dict(state["optimizer"])
-        logger.info("resuming training from step %d (%s)", state["step"], path)
-        return int(state["step"])
+        step = int(state["step"])
+        if self.scheduler is not None:
+            self._resume_scheduler(state.get("scheduler"), step)
+        logger.info("resuming training from step %d (%s)", step, path)
+        return step
+
+    def _resume_scheduler(self, saved: dict | None, step: int) -> None:
+        """Restore the lr schedule; a checkpoint from before schedulers existed is fast-forwarded `step` steps."""
+        assert self.scheduler is not None
+        if saved is not None:
+            self.scheduler.load_state_dict(saved)
+            return
+        logger.warning("checkpoint has no lr scheduler state; fast-forwarding the schedule %d steps", step)
+        for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base_lr  # the recursive cosine steps from the lr it finds: start it where it started
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(step):
+                self.scheduler.step()

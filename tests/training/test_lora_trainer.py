@@ -1,7 +1,9 @@
-"""The LoRA trainer: it learns, checkpoints, resumes to the same weights, and its adapter loads for evaluation."""
+"""The LoRA trainer: it learns, checkpoints, resumes to the same weights and lr schedule, optimises as published,
+and its adapter loads for evaluation."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,9 @@ from peft.utils import get_peft_model_state_dict
 from bench.config import LoRAConfig, ModelConfig, TrainConfig
 from bench.models.embedded import build_tiny_llama
 from bench.models.hf import HFChatModel
-from bench.training.kd import aligned_sequence, answer_ids
-from bench.training.lora_trainer import LoRATrainer, TrainItem
+from bench.training.kd import aligned_sequence, answer_ids, answer_logits, teacher_topk
+from bench.training.lora_trainer import LoRATrainer, TrainItem, collate, lora_for_arm
+from bench.training.teacher_logits import TopKCache
 
 LORA = LoRAConfig(r=4, alpha=8, dropout=0.0)
 
@@ -22,14 +25,28 @@ def items(tokenizer, n: int = 4) -> list[TrainItem]:
         tokenizer, f"{i} + {i} = {2 * i}. The answer is {2 * i}."), 128)) for i in range(n)]
 
 
-def trainer(train: TrainConfig) -> tuple[LoRATrainer, object]:
+def trainer(train: TrainConfig, alpha: float = 1.0, **options) -> tuple[LoRATrainer, object]:
     model, tokenizer = build_tiny_llama(seed=0)
-    return LoRATrainer(model, LORA, train, temperature=2.0, alpha=1.0, pad_token_id=tokenizer.pad_token_id,
-                       progress=False), tokenizer
+    return LoRATrainer(model, LORA, train, temperature=2.0, alpha=alpha, pad_token_id=tokenizer.pad_token_id,
+                       progress=False, **options), tokenizer
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_at(step: int):
+    """An on_log callback that kills training right after `step`, as a crash would."""
+    def callback(row: dict) -> None:
+        if row["step"] == step:
+            raise Killed
+
+    return callback
 
 
 def test_training_lowers_the_loss(tmp_path: Path) -> None:
-    train = TrainConfig(optimizer="adamw", lr=1e-2, epochs=8, batch_size=2, save_every=1000)
+    train = TrainConfig(optimizer="adamw", lr=1e-2, epochs=8, batch_size=2, save_every=1000, scheduler="none",
+                        max_grad_norm=1.0)
     lora_trainer, tokenizer = trainer(train)
     report = lora_trainer.train(items(tokenizer), None, tmp_path)
     assert report.steps == 16 and len(report.losses) == 16
@@ -37,25 +54,23 @@ def test_training_lowers_the_loss(tmp_path: Path) -> None:
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
 
 
-def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path: Path) -> None:
+def test_resume_from_checkpoint_reaches_the_same_weights_and_lr_schedule(tmp_path: Path) -> None:
+    # the published optimiser (SGD, momentum 0.9, weight decay, cosine over 4 items stepped per step), lr scaled
     train = TrainConfig(optimizer="sgd", lr=0.05, epochs=2, batch_size=1, save_every=3)
+    assert (train.momentum, train.scheduler, train.scheduler_t_max) == (0.9, "cosine", None)
     straight, tokenizer = trainer(train)
-    straight.train(items(tokenizer), None, tmp_path / "straight")
-
-    class Killed(Exception):
-        pass
-
-    def kill_at_step_5(row: dict) -> None:
-        if row["step"] == 5:
-            raise Killed
+    straight_report = straight.train(items(tokenizer), None, tmp_path / "straight")
 
     interrupted, _ = trainer(train)
     with pytest.raises(Killed):
-        interrupted.train(items(tokenizer), None, tmp_path / "resumed", on_log=kill_at_step_5)
+        interrupted.train(items(tokenizer), None, tmp_path / "resumed", on_log=kill_at(5))
     assert (tmp_path / "resumed" / "checkpoint" / "state.pt").exists()
     resumed, _ = trainer(train)
     report = resumed.train(items(tokenizer), None, tmp_path / "resumed")
     assert report.resumed_from_step == 3 and len(report.losses) == 5  # steps 4..8 of 8
+    # the resumed run continues on the same lr curve (down to 0 at step 5, back up in epoch 2), not restarting it
+    assert [row["lr"] for row in report.losses] == pytest.approx([row["lr"] for row in straight_report.losses[3:]])
+    assert resumed.scheduler.last_epoch == straight.scheduler.last_epoch == 8
     expected = get_peft_model_state_dict(straight.model)
     actual = get_peft_model_state_dict(resumed.model)
     assert expected.keys() == actual.keys()
@@ -63,8 +78,114 @@ def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path: Path) -> None
         assert torch.allclose(expected[key], actual[key], atol=1e-6), key
 
 
+def test_cosine_schedule_is_stepped_every_step_and_climbs_back_in_epoch_two(tmp_path: Path) -> None:
+    lr = 0.01
+    lora_trainer, tokenizer = trainer(TrainConfig(lr=lr, epochs=2, batch_size=1, save_every=1000))
+    report = lora_trainer.train(items(tokenizer), None, tmp_path)
+    # T_max = 4 training items; step s (1-based) runs at lr * (1 + cos(pi * (s - 1) / 4)) / 2:
+    # 1, 0.854, 0.5, 0.146 (epoch 1), 0 at step 5, then 0.146, 0.5, 0.854 (epoch 2, climbing back)
+    expected = [lr * (1 + math.cos(math.pi * s / 4)) / 2 for s in range(8)]
+    assert [row["lr"] for row in report.losses] == pytest.approx(expected, abs=1e-12)
+
+
+def test_scheduler_t_max_counts_optimizer_steps(tmp_path: Path) -> None:
+    lr = 0.01  # batch 2 over 4 items: 2 steps an epoch; T_max = 4 steps spans both epochs
+    lora_trainer, tokenizer = trainer(TrainConfig(lr=lr, epochs=2, batch_size=2, scheduler_t_max=4,
+                                                  save_every=1000))
+    report = lora_trainer.train(items(tokenizer), None, tmp_path)
+    assert [row["lr"] for row in report.losses] == pytest.approx(
+        [lr * (1 + math.cos(math.pi * s / 4)) / 2 for s in range(4)], abs=1e-12)
+    constant, _ = trainer(TrainConfig(lr=lr, epochs=1, batch_size=1, scheduler="none", save_every=1000))
+    assert {row["lr"] for row in constant.train(items(tokenizer), None, tmp_path / "constant").losses} == {lr}
+
+
+def test_optimizer_is_the_published_sgd_over_the_lora_parameters_only() -> None:
+    lora_trainer, _ = trainer(TrainConfig())
+    optimizer = lora_trainer.optimizer
+    assert isinstance(optimizer, torch.optim.SGD)
+    (group,) = optimizer.param_groups
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (5e-6, 0.9, 0.01)
+    names = {id(p): name for name, p in lora_trainer.model.named_parameters()}
+    held = [names[id(p)] for p in group["params"]]
+    assert held and all("lora_" in name for name in held)
+    assert len(held) == sum(1 for name in names.values() if "lora_" in name)
+
+
+def test_no_gradient_clipping_unless_max_grad_norm_is_set(tmp_path: Path, monkeypatch) -> None:
+    calls: list[float] = []
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, norm: calls.append(norm))
+    unclipped, tokenizer = trainer(TrainConfig(epochs=1, save_every=1000))
+    assert unclipped.train_config.max_grad_norm is None
+    unclipped.train(items(tokenizer, 2), None, tmp_path / "a")
+    assert calls == []
+    clipped, _ = trainer(TrainConfig(epochs=1, save_every=1000, max_grad_norm=1.0))
+    clipped.train(items(tokenizer, 2), None, tmp_path / "b")
+    assert calls == [1.0, 1.0]
+
+
+def test_old_checkpoints_without_scheduler_state_fast_forward_the_schedule(tmp_path: Path) -> None:
+    train = TrainConfig(lr=0.01, epochs=2, batch_size=1, save_every=3)
+    first, tokenizer = trainer(train)
+    with pytest.raises(Killed):
+        first.train(items(tokenizer), None, tmp_path, on_log=kill_at(4))
+    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
+    del state["scheduler"]
+    torch.save(state, tmp_path / "checkpoint" / "state.pt")
+    resumed, _ = trainer(train)
+    report = resumed.train(items(tokenizer), None, tmp_path)
+    assert report.resumed_from_step == 3  # step 4 runs at lr * (1 + cos(3 pi / 4)) / 2, as in a straight run
+    assert report.losses[0]["lr"] == pytest.approx(0.01 * (1 + math.cos(math.pi * 3 / 4)) / 2)
+
+
+def self_distillation_signal(model, tokenizer, train_items: list[TrainItem], rest_mass: bool) -> TopKCache:
+    """The tiny model's own top-k at the answer positions: the student (same model, zero LoRA) matches it."""
+    batch = collate(train_items, tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    rows = answer_logits(logits, batch["starts"], batch["lengths"])
+    indices, values, log_rest = teacher_topk(rows, 5, 2.0)
+    entries, offset = {}, 0
+    for item, length in zip(train_items, batch["lengths"]):
+        part = slice(offset, offset + length)
+        entries[item.example_id] = ((indices[part], values[part], log_rest[part]) if rest_mass
+                                    else (indices[part], values[part]))
+        offset += length
+    return TopKCache(entries, 5)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("tail", ["renormalize", "rest_bucket"])
+def test_trainer_passes_kl_direction_and_topk_tail(tmp_path: Path, direction: str, tail: str) -> None:
+    train = TrainConfig(epochs=1, batch_size=2, save_every=1000)
+    lora_trainer, tokenizer = trainer(train, alpha=0.5, kl_direction=direction, topk_tail=tail)
+    teacher_model, _ = build_tiny_llama(seed=0)
+    train_items = items(tokenizer)
+    signal = self_distillation_signal(teacher_model, tokenizer, train_items, rest_mass=True)
+    report = lora_trainer.train(train_items, signal, tmp_path)
+    assert report.losses[0]["kl"] < 1e-3  # step 1: the student is the teacher (LoRA B = 0; fp16 teacher values)
+
+
+def test_rest_bucket_without_the_teachers_rest_mass_fails_before_training(tmp_path: Path) -> None:
+    lora_trainer, tokenizer = trainer(TrainConfig(epochs=1, save_every=1000), alpha=0.5, topk_tail="rest_bucket")
+    teacher_model, _ = build_tiny_llama(seed=0)
+    train_items = items(tokenizer, 2)
+    signal = self_distillation_signal(teacher_model, tokenizer, train_items, rest_mass=False)
+    with pytest.raises(ValueError, match="topk_tail=renormalize"):
+        lora_trainer.train(train_items, signal, tmp_path)
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_lora_dropout_per_arm_as_published() -> None:
+    lora = LoRAConfig()  # dropout 0.1 for every arm ...
+    by_arm = {"base": 0.2}  # ... except Base-KD
+    assert lora_for_arm(lora, "base", by_arm).dropout == 0.2
+    assert {lora_for_arm(lora, arm, by_arm).dropout for arm in ("gt_finetune", "ground_truth", "teacher")} == {0.1}
+    with pytest.raises(ValueError, match="unknown arms"):
+        lora_for_arm(lora, "base", {"bsae": 0.2})
+
+
 def test_adapter_loads_for_evaluation(tmp_path: Path) -> None:
-    train = TrainConfig(optimizer="adamw", lr=5e-2, epochs=2, batch_size=2, save_every=1000)
+    train = TrainConfig(optimizer="adamw", lr=5e-2, epochs=2, batch_size=2, save_every=1000, scheduler="none")
     lora_trainer, tokenizer = trainer(train)
     report = lora_trainer.train(items(tokenizer), None, tmp_path)
     config = ModelConfig(name="tiny", backend="hf", model_id="embedded:tiny-llama", tiny=True)
