@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 from pathlib import Path
@@ -9,8 +10,12 @@ from pathlib import Path
 import pytest
 from compose import compose_config, needs_data
 from hydra.core.plugins import Plugins
+from omegaconf import OmegaConf
 
 from bench.__main__ import ExperimentsSearchPath
+from bench.config import TaskConfig
+from bench.scoring.math import MathChecker
+from bench.tasks import make_task
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
 
@@ -70,3 +75,76 @@ def test_cd_humaneval_test_items_are_the_full_test_split() -> None:
     config = compose_config(["+experiments=cd_humaneval"])
     task = make_task(OmegaConf.to_object(config.task), checker=None)
     assert len(task.examples(config.task.eval_split, limit=config.task.limit)) == len(task.splits.test) == 100
+
+
+def test_rpkd_paper_preset_composes_to_every_published_setting() -> None:
+    """Each value of the public RP-KD code (alonso130r/knowledge-distillation, */distill.ipynb), one by one."""
+    config = compose_config(["+experiments=rpkd_gsm8k_paper"])
+    method, train, lora = config.method, config.method.train, config.method.lora
+    assert (config.student.model_id, config.task.name) == ("meta-llama/Llama-3.1-8B-Instruct", "gsm8k")
+    assert config.task.hub_config == "socratic"  # load_dataset("openai/gsm8k", "socratic")
+    assert method.train_limit == 2638 and config.task.validation_size == 0  # train.select(range(2638))
+    assert config.task.limit is None  # the whole 1,319-item test set
+    assert {"no_train", "gt_finetune", "base", "teacher", "ground_truth", "confidence"} <= set(method.arms)
+    # LoRA
+    assert (lora.r, lora.alpha) == (4, 8)
+    assert sorted(lora.target_modules) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert lora.dropout == 0.1
+    assert method.lora_dropout_by_arm == {"base": 0.2}  # base-KD/distill.ipynb: lora_dropout=0.2
+    # optimiser
+    assert train.optimizer == "sgd"
+    assert train.lr == 5e-6
+    assert train.momentum == 0.9
+    assert train.weight_decay == 0.01
+    assert train.scheduler == "cosine"
+    assert train.scheduler_t_max is None  # = number of training items = 2638, stepped every batch-1 step
+    assert train.max_grad_norm is None  # no clipping
+    assert train.batch_size == 1 and train.grad_accum == 1
+    assert train.epochs == 2
+    assert train.max_length == 256
+    # loss
+    assert method.temperature == pytest.approx(5.942267, abs=1e-6)
+    assert method.alpha == pytest.approx(0.609335, abs=1e-6)
+    assert method.kl_direction == "reverse"  # F.kl_div(teacher log-probs, student probs) = KL(student || teacher)
+
+
+def test_rpkd_paper_preset_on_socratic_and_main() -> None:
+    assert compose_config(["+experiments=rpkd_gsm8k_paper", "task.hub_config=socratic"]).task.hub_config == "socratic"
+    assert compose_config(["+experiments=rpkd_gsm8k_paper", "task.hub_config=main"]).task.hub_config == "main"
+
+
+@needs_data
+def test_socratic_offline_says_it_falls_back_to_the_local_main_files(caplog: pytest.LogCaptureFixture) -> None:
+    composed = compose_config(["+experiments=rpkd_gsm8k_paper", "task.source=local"]).task
+    task = make_task(OmegaConf.to_object(composed), MathChecker())  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="bench.tasks.gsm8k"):
+        examples = task.examples("train", limit=3)
+    assert [e.id for e in examples] == ["gsm8k/train/0", "gsm8k/train/1", "gsm8k/train/2"]
+    assert "hub_config=socratic" in caplog.text and "`main` solutions" in caplog.text
+    assert task.splits.source.endswith("(main, not socratic)")
+    caplog.clear()
+    main = make_task(TaskConfig(name="gsm8k", hub_id="openai/gsm8k", hub_config="main", source="local"),
+                     MathChecker())
+    with caplog.at_level(logging.WARNING, logger="bench.tasks.gsm8k"):
+        main.examples("train", limit=1)
+    assert "socratic" not in caplog.text  # asking for what the local files hold is not warned about
+
+
+def test_rpkd_70b_preset_uses_a_same_tokenizer_70b_teacher() -> None:
+    config = compose_config(["+experiments=rpkd_gsm8k_70b"])
+    assert config.experiment == "rpkd_gsm8k_70b"
+    assert (config.teacher.model_id, config.teacher.backend) == ("meta-llama/Llama-3.1-70B-Instruct", "hf")
+    assert config.teacher.dtype == "bfloat16"
+    assert config.student.model_id == "meta-llama/Llama-3.1-8B-Instruct" and config.method.signal == "token"
+    paper = compose_config(["+experiments=rpkd_gsm8k_paper"])
+    assert config.method == paper.method and config.task == paper.task  # only the teacher differs
+    served = compose_config(["+experiments=rpkd_gsm8k_paper", "teacher=llama31_405b", "method.signal=sequence"])
+    assert (served.teacher.backend, served.method.signal) == ("openai", "sequence")
+
+
+def test_rpkd_smollm2_keeps_its_cpu_recipe() -> None:
+    """64 CPU steps: AdamW (the published SGD barely moves a LoRA that fast, see the preset), as it always ran."""
+    method = compose_config(["+experiments=rpkd_smollm2"]).method
+    train = method.train
+    assert (train.optimizer, train.lr, train.scheduler, train.max_grad_norm) == ("adamw", 1e-4, "none", 1.0)
+    assert (method.kl_direction, method.topk_tail) == ("forward", "renormalize")

@@ -7,6 +7,7 @@ drawn with Random(seed) from the official train set; train = the rest of officia
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from pathlib import Path
@@ -16,6 +17,9 @@ from bench.tasks.base import Example, MathTask, Splits
 from bench.tasks.data import load_records, read_jsonl
 
 _CALCULATOR = re.compile(r"<<[^>]*>>")
+LOCAL_CONFIG = "main"  # the only configuration the local files (gsm8k/{train,test}.jsonl) hold
+
+logger = logging.getLogger(__name__)
 
 
 def worked_solution(answer_field: str) -> str:
@@ -32,7 +36,16 @@ class GSM8KTask(MathTask):
             path = root / "gsm8k" / f"{split}.jsonl"
             return read_jsonl(path, ("question", "answer")) if path.exists() else None
 
-        return load_records(self.config, split, local)
+        records, source = load_records(self.config, split, local)
+        if source.startswith("local:") and self.config.hub_config not in (None, LOCAL_CONFIG):
+            # Same problems in the same order, but `socratic` solutions put a sub-question before each step:
+            # training targets differ, so say which data a run really used.
+            logger.warning("task.hub_config=%s was asked for, but the hub was not used (offline, task.source=local "
+                           "or unreachable) and the local GSM8K files hold the `%s` configuration: the %s split "
+                           "from %s has `%s` solutions", self.config.hub_config, LOCAL_CONFIG, split, source,
+                           LOCAL_CONFIG)
+            source += f" ({LOCAL_CONFIG}, not {self.config.hub_config})"  # splits.json records what was used
+        return records, source
 
     def _examples(self, split: str) -> tuple[list[Example], str]:
         records, source = self._split_records(split)
