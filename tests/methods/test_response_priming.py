@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from compose import compose_config, isolated, needs_data, only_run_folder
 from scripted_server import ScriptedServer
 
