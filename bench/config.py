@@ -165,6 +165,7 @@ class TrainConfig:
     save_every: int = 50  # optimizer steps between resumable checkpoints
     gradient_checkpointing: bool = False  # on GPU for long sequences
     seed: int = 0
+    shuffle: bool = True  # a seeded reshuffle each epoch; false = dataset order every epoch (the public RP-KD code)
 
 
 @dataclass
@@ -175,7 +176,9 @@ class RPKDConfig(MethodConfig):
     arms: list[str] = field(default_factory=lambda: ["no_train", "gt_finetune", "ground_truth"])
     priming: str | None = None  # one priming strategy instead of those in `arms` (baselines kept); for sweeps
     custom_priming: str | None = None  # text of the `custom` arm's priming prompt
-    signal: str = "token"  # token (same tokenizer: top-k teacher logits) | sequence (teacher-written solutions)
+    # published | reference | primed_response | sequence (bench/methods/response_priming.py; `token` = reference)
+    signal: str = "reference"
+    priming_wording: str = "published"  # published (the public code's strings, raw prefix) | paraphrase (ours)
     top_k: int = 20  # teacher log-probs cached per answer position
     temperature: float = 5.942267335064758  # KD temperature T (repo value, from its Optuna search)
     alpha: float = 0.6093348343631224  # weight of cross-entropy; 1 - alpha weighs T^2 * KL (repo value)

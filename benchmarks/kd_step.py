@@ -20,14 +20,14 @@ from bench.models.hf import load_model_and_tokenizer
 from bench.scoring.math import MathChecker
 from bench.tasks import make_task
 from bench.training.kd import aligned_sequence, answer_ids
-from bench.training.lora_trainer import LoRATrainer, TrainItem, collate
-from bench.training.priming import PRIMING_PROMPTS, primed_question
+from bench.training.lora_trainer import LoRATrainer, TrainItem
+from bench.training.priming import priming_for
 from bench.training.teacher_logits import compute_topk
 
 
-def step(trainer: LoRATrainer, batch, items, teacher) -> float:
+def step(trainer: LoRATrainer, items, teacher) -> float:
     started = time.perf_counter()
-    loss, _, _ = trainer.batch_loss(batch, items, teacher)
+    loss, _, _ = trainer.batch_loss(items, teacher)
     loss.backward()
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -53,7 +53,7 @@ def main() -> None:
         answer = answer_ids(tokenizer, e.solution)
         items.append(TrainItem(e.id, aligned_sequence(tokenizer, task.user_message(e), answer, args.max_length)))
         teacher_sequences[e.id] = aligned_sequence(
-            tokenizer, primed_question(PRIMING_PROMPTS["ground_truth"], task.user_message(e)), answer,
+            tokenizer, priming_for("ground_truth").apply(task.user_message(e)), answer,
             args.max_length + 128)
     teacher = compute_topk(model, teacher_sequences, args.top_k, pad_token_id=tokenizer.pad_token_id,
                            progress=False)
@@ -62,12 +62,11 @@ def main() -> None:
     trainer = LoRATrainer(model, LoRAConfig(), TrainConfig(), temperature=5.94, alpha=0.609,
                           pad_token_id=tokenizer.pad_token_id, progress=False)
     trainer.model.train()
-    batch = collate(items, tokenizer.pad_token_id)
-    step(trainer, batch, items, None), step(trainer, batch, items, teacher)  # warm-up
+    step(trainer, items, None), step(trainer, items, teacher)  # warm-up
     sft, kd = [], []
     for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits both alike
-        sft.append(step(trainer, batch, items, None))
-        kd.append(step(trainer, batch, items, teacher))
+        sft.append(step(trainer, items, None))
+        kd.append(step(trainer, items, teacher))
     tokens = sum(len(i.sequence.input_ids) for i in items)
     print(f"model {model_id}; LoRA r=4 on q/k/v/o; batch {args.batch_size} ({tokens} tokens); top-k {args.top_k}; "
           f"torch threads {torch.get_num_threads()}; median of {args.repeats}")

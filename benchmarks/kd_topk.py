@@ -31,7 +31,7 @@ from bench.tasks import make_task
 from bench.training.kd import (KL_DIRECTIONS, TOPK_TAILS, aligned_sequence, answer_ids, answer_logits, exact_kl,
                                kd_loss, teacher_topk)
 from bench.training.lora_trainer import add_lora
-from bench.training.priming import PRIMING_PROMPTS, primed_question
+from bench.training.priming import priming_for
 
 TEMPERATURE = 5.942267335064758  # the published T
 
@@ -120,7 +120,7 @@ def main() -> None:
     for e in examples:
         answer = answer_ids(tokenizer, e.solution)
         student = aligned_sequence(tokenizer, task.user_message(e), answer, args.max_length)
-        teacher = aligned_sequence(tokenizer, primed_question(PRIMING_PROMPTS["ground_truth"], task.user_message(e)),
+        teacher = aligned_sequence(tokenizer, priming_for("ground_truth").apply(task.user_message(e)),
                                    answer[: student.answer_length], args.max_length + 512)
         pairs.append((student, teacher))
     teacher_rows = [rows(model, teacher) for _, teacher in pairs]  # the base model, before the LoRA goes on

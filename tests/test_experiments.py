@@ -106,6 +106,10 @@ def test_rpkd_paper_preset_composes_to_every_published_setting() -> None:
     assert method.temperature == pytest.approx(5.942267, abs=1e-6)
     assert method.alpha == pytest.approx(0.609335, abs=1e-6)
     assert method.kl_direction == "reverse"  # F.kl_div(teacher log-probs, student probs) = KL(student || teacher)
+    # teacher signal, priming and data order
+    assert method.signal == "published"  # raw `priming + question` logits, question-only student, position-wise
+    assert method.priming_wording == "published"  # inference_gsm8k-prompt{1,2,3}.ipynb strings, raw prefix
+    assert train.shuffle is False  # for batch_idx in range(len(data)): dataset order, both epochs
 
 
 def test_rpkd_paper_preset_on_socratic_and_main() -> None:
@@ -135,7 +139,7 @@ def test_rpkd_70b_preset_uses_a_same_tokenizer_70b_teacher() -> None:
     assert config.experiment == "rpkd_gsm8k_70b"
     assert (config.teacher.model_id, config.teacher.backend) == ("meta-llama/Llama-3.1-70B-Instruct", "hf")
     assert config.teacher.dtype == "bfloat16"
-    assert config.student.model_id == "meta-llama/Llama-3.1-8B-Instruct" and config.method.signal == "token"
+    assert config.student.model_id == "meta-llama/Llama-3.1-8B-Instruct" and config.method.signal == "published"
     paper = compose_config(["+experiments=rpkd_gsm8k_paper"])
     assert config.method == paper.method and config.task == paper.task  # only the teacher differs
     served = compose_config(["+experiments=rpkd_gsm8k_paper", "teacher=llama31_405b", "method.signal=sequence"])

@@ -50,7 +50,8 @@ class GSM8KTask(MathTask):
     def _examples(self, split: str) -> tuple[list[Example], str]:
         records, source = self._split_records(split)
         examples = [Example(id=f"gsm8k/{split}/{index}", question=record["question"],
-                            answer=gsm8k_reference(record["answer"]), solution=worked_solution(record["answer"]))
+                            answer=gsm8k_reference(record["answer"]), solution=worked_solution(record["answer"]),
+                            extra={"dataset_solution": record["answer"]})
                     for index, record in enumerate(records)]
         return examples, source
 

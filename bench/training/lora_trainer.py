@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from bench.config import LoRAConfig, TrainConfig
 from bench.training.kd import IGNORE, AlignedSequence, answer_logits, check_kd_options, kd_loss
 from bench.training.priming import ARMS
-from bench.training.teacher_logits import TopKCache
+from bench.training.published import PublishedItem, published_batch_loss
+from bench.training.teacher_logits import FullLogitsStore, TopKCache
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +143,13 @@ class LoRATrainer:
         self.optimizer = make_optimizer(train, self.lora_params)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # built in train(): T_max needs items
 
-    def batch_loss(self, batch: dict, items: list[TrainItem], teacher: TopKCache | None
+    def batch_loss(self, items: list[TrainItem] | list[PublishedItem], teacher: TopKCache | FullLogitsStore | None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, ce, kl) of one micro-batch: the aligned loss (`kd.kd_loss`) for TrainItems, the public code's
+        position-wise loss (`published.published_batch_loss`) for PublishedItems."""
+        if isinstance(items[0], PublishedItem):
+            return published_batch_loss(self.model, items, teacher, self.temperature, self.alpha, self.pad_token_id)
+        batch = collate(items, self.pad_token_id)
         device = next(self.model.parameters()).device
         logits = self.model(input_ids=batch["input_ids"].to(device),
                             attention_mask=batch["attention_mask"].to(device)).logits
@@ -165,12 +171,14 @@ class LoRATrainer:
         batches = []
         for _ in range(self.train_config.epochs):
             shuffled = items[:]
-            rng.shuffle(shuffled)
+            if self.train_config.shuffle:
+                rng.shuffle(shuffled)
             size = self.train_config.batch_size
             batches += [shuffled[i:i + size] for i in range(0, len(shuffled), size)]
         return batches
 
-    def train(self, items: list[TrainItem], teacher: TopKCache | None, output_dir: Path,
+    def train(self, items: list[TrainItem] | list[PublishedItem], teacher: TopKCache | FullLogitsStore | None,
+              output_dir: Path,
               on_log: Callable[[dict], None] | None = None) -> TrainReport:
         if not items:
             raise ValueError("no training items (all filtered out, or method.train_limit is 0)")
@@ -189,7 +197,7 @@ class LoRATrainer:
             group = batches[step * accumulate:(step + 1) * accumulate]
             totals = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
             for micro in group:
-                loss, ce, kl = self.batch_loss(collate(micro, self.pad_token_id), micro, teacher)
+                loss, ce, kl = self.batch_loss(micro, teacher)
                 (loss / len(group)).backward()
                 for key, value in (("loss", loss), ("ce", ce), ("kl", kl)):
                     totals[key] += float(value.detach()) / len(group)
@@ -217,6 +225,11 @@ class LoRATrainer:
 
     def _check_teacher_signal(self, items: list[TrainItem], teacher: TopKCache | None) -> None:
         """rest_bucket needs each position's teacher mass outside its top-k: fail before step 1, not at it."""
+        if isinstance(items[0], PublishedItem):
+            if teacher is not None and not isinstance(teacher, FullLogitsStore):
+                raise ValueError("published items are trained against full-vocabulary teacher logits "
+                                 "(teacher_logits.FullLogitsStore), not a top-k cache")
+            return
         if teacher is None or self.topk_tail != "rest_bucket" or self.alpha == 1.0:
             return
         if len(teacher[items[0].example_id]) < 3:

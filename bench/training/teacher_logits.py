@@ -6,6 +6,9 @@ k values and k indices per answer token instead of a full vocabulary row (49k fl
 
 from __future__ import annotations
 
+import hashlib
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,3 +78,69 @@ def compute_topk(model, sequences: dict[str, AlignedSequence], k: int, batch_siz
                                    values[offset:offset + length].to(torch.float16).cpu())
             offset += length
     return TopKCache(entries, k)
+
+
+class FullLogitsStore:
+    """example id -> the teacher's full-vocabulary logits [n, V] (float16), one file per example in a folder.
+
+    For the `published` signal, which compares full distributions position by position as the public RP-KD code
+    did (it saved the 405B teacher's logits to disk the same way). Only the first n = min(teacher, student,
+    label lengths) positions are kept: the loss never reads past them. One file per example makes priming
+    resumable item by item and keeps training memory at one batch of rows, whatever the number of items.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def _path(self, example_id: str) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9_.-]", "_", example_id)
+        return self.directory / f"{slug}-{hashlib.sha1(example_id.encode()).hexdigest()[:8]}.pt"
+
+    def __contains__(self, example_id: str) -> bool:
+        return self._path(example_id).exists()
+
+    def __getitem__(self, example_id: str) -> torch.Tensor:
+        path = self._path(example_id)
+        if not path.exists():
+            raise KeyError(f"no teacher logits stored for {example_id!r} in {self.directory}")
+        return torch.load(path, weights_only=True)
+
+    def put(self, example_id: str, logits: torch.Tensor) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self._path(example_id)
+        temp = path.with_suffix(".tmp")
+        torch.save(logits.to(torch.float16).cpu().contiguous().clone(), temp)
+        temp.replace(path)
+
+
+def check_disk_room(directory: Path, needed_bytes: int) -> None:
+    """Fail before the teacher runs when its logits cannot fit on the disk, saying how much they need."""
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if needed_bytes > 0.95 * free:
+        raise ValueError(f"the published signal stores full-vocabulary teacher logits: about "
+                         f"{needed_bytes / 2**30:.1f} GiB for these items, but {directory} has "
+                         f"{free / 2**30:.1f} GiB free. Free space, lower method.train_limit, or use "
+                         "method.signal=reference (top-k logits on aligned answer tokens).")
+
+
+@torch.inference_mode()
+def compute_full_logits(model, sequences: dict[str, tuple[Sequence[int], int]], store: FullLogitsStore,
+                        batch_size: int = 4, pad_token_id: int = 0, progress: bool = True) -> FullLogitsStore:
+    """The teacher's logits at the first `n` positions of each (token ids, n), into `store`; items already there
+    are skipped, so a killed priming phase resumes where it stopped."""
+    device = next(model.parameters()).device
+    todo = [example_id for example_id in sequences if example_id not in store]
+    for start in tqdm(range(0, len(todo), batch_size), desc="teacher logits", disable=not progress):
+        ids = todo[start:start + batch_size]
+        batch = [list(sequences[i][0]) for i in ids]
+        width = max(len(tokens) for tokens in batch)
+        input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, tokens in enumerate(batch):  # right padding: a causal model's real positions never see the pad
+            input_ids[row, :len(tokens)] = torch.tensor(tokens)
+            attention[row, :len(tokens)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        for row, example_id in enumerate(ids):
+            store.put(example_id, logits[row, :sequences[example_id][1]])
+    return store

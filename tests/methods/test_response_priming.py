@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from compose import compose_config, isolated, needs_data, only_run_folder
 from scripted_server import ScriptedServer
 
@@ -13,6 +14,8 @@ from bench.__main__ import execute
 
 
 pytestmark = needs_data
+TRAIN_0_QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+                    "How many clips did Natalia sell altogether in April and May?")
 
 
 def rpkd_config(tmp_path: Path, *extra: str):
@@ -72,4 +75,68 @@ def test_sequence_level_keeps_only_accepted_teacher_solutions(tmp_path: Path) ->
     assert [s["kept"] for s in solutions] == [True, False, False]
     assert metrics["training"]["teacher"]["items"] == 1
     assert list(metrics["arms"]) == ["no_train", "teacher"]  # method.priming replaced ground_truth
-    assert teacher.requests[0]["messages"][0]["content"].startswith("You are a teacher guiding a student")
+    # the published Teacher string, a raw prefix glued to the question inside the user turn
+    assert teacher.requests[0]["messages"][0]["content"].startswith(
+        "As a teacher, guide your student through solving the question below. Provide a clear, simple explanation "
+        "for someone unfamiliar with the problem. Natalia sold clips")
+
+
+def test_published_signal_stores_raw_primed_logits_and_trains_the_public_computation(tmp_path: Path) -> None:
+    metrics = execute(rpkd_config(tmp_path, "method.signal=published", "method.train.max_length=64"),
+                      progress=False)
+    folder = run_folder(tmp_path)
+    assert metrics["signal"] == "published" and metrics["priming_wording"] == "published"
+    priming = json.loads((folder / "artifacts/ground_truth/priming.json").read_text())
+    assert priming["raw_prefix"] and priming["text"].startswith("As a smart language model")
+    stored = sorted((folder / "artifacts/ground_truth/teacher_logits").glob("*.pt"))
+    assert len(stored) == 3
+    from bench.models.embedded import build_tiny_llama
+    _, tokenizer = build_tiny_llama(seed=0)
+    question = "Natalia sold clips to 48 of her friends in April"
+    logits = next(torch.load(path) for path in stored if path.name.startswith("gsm8k_train_0-"))
+    teacher_ids = tokenizer(priming["text"] + TRAIN_0_QUESTION, add_special_tokens=False).input_ids
+    student_ids = tokenizer(TRAIN_0_QUESTION, truncation=True, max_length=64).input_ids
+    assert TRAIN_0_QUESTION.startswith(question)
+    assert logits.shape[0] == min(len(teacher_ids), len(student_ids), 64)  # n = min(teacher, student, labels)
+    assert logits.shape[1] == len(tokenizer)
+    training = metrics["training"]
+    assert training["ground_truth"]["signal"] == "published"
+    assert training["gt_finetune"]["alpha"] == 1.0 and training["ground_truth"]["alpha"] < 1.0
+    losses = [json.loads(line) for line in (folder / "artifacts/ground_truth/losses.jsonl").read_text().splitlines()]
+    assert all(row["kl"] > 0 for row in losses)
+
+
+def test_published_signal_refuses_a_forward_kl(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="kl_direction=reverse"):
+        execute(rpkd_config(tmp_path, "method.signal=published", "method.kl_direction=forward"), progress=False)
+
+
+def test_primed_response_distils_the_teachers_own_kept_solution(tmp_path: Path) -> None:
+    # The tiny teacher's solutions are never right: keep them all to see the alignment, then check the filter.
+    metrics = execute(rpkd_config(tmp_path, "method.signal=primed_response", "method.filter_correct=false",
+                                  "method.arms=[no_train,ground_truth]"),
+                      progress=False)
+    folder = run_folder(tmp_path)
+    solutions = [json.loads(line) for line in
+                 (folder / "artifacts/ground_truth/teacher_solutions.jsonl").read_text().splitlines()]
+    assert [s["kept"] for s in solutions] == [True, True, True]
+    from bench.models.embedded import build_tiny_llama
+    from bench.training.kd import answer_ids
+    from bench.training.teacher_logits import TopKCache
+    _, tokenizer = build_tiny_llama(seed=0)
+    cache = TopKCache.load(folder / "artifacts/ground_truth/teacher_topk.pt")
+    for solution in solutions:  # one teacher row per token of ITS OWN text (+ EOS): the text the student learns
+        assert len(cache[solution["task_id"]][0]) == len(answer_ids(tokenizer, solution["text"]))
+    assert metrics["training"]["ground_truth"]["items"] == 3 and metrics["training"]["ground_truth"]["alpha"] < 1.0
+
+
+def test_primed_response_keeps_only_solutions_the_scorer_accepts(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="accepted none of the 3 teacher solutions"):
+        execute(rpkd_config(tmp_path, "method.signal=primed_response", "method.arms=[ground_truth]"),
+                progress=False)
+
+
+def test_the_old_signal_name_token_still_means_reference(tmp_path: Path) -> None:
+    metrics = execute(rpkd_config(tmp_path, "method.signal=token", "method.arms=[no_train,ground_truth]"),
+                      progress=False)
+    assert metrics["signal"] == "reference"

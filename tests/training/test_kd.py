@@ -10,7 +10,7 @@ import torch
 from bench.models.embedded import build_tiny_llama
 from bench.training.kd import (IGNORE, AlignedSequence, aligned_sequence, answer_ids, answer_logits, exact_kl,
                                kd_loss, published_kd_loss, teacher_topk)
-from bench.training.priming import PRIMING_PROMPTS, primed_question
+from bench.training.priming import priming_for
 from bench.training.teacher_logits import TopKCache, check_same_tokenizer, compute_topk
 
 
@@ -24,7 +24,7 @@ def test_teacher_and_student_compare_the_same_answer_tokens(tiny) -> None:
     question = "Natalia sold 48 clips in April and half as many in May. How many in total?"
     answer = answer_ids(tokenizer, "48 / 2 = 24. 48 + 24 = 72. The answer is 72.")
     student = aligned_sequence(tokenizer, question, answer, max_length=512)
-    teacher = aligned_sequence(tokenizer, primed_question(PRIMING_PROMPTS["ground_truth"], question), answer, 512)
+    teacher = aligned_sequence(tokenizer, priming_for("ground_truth").apply(question), answer, 512)
     assert teacher.answer_start > student.answer_start + 10  # the priming prefix shifts every answer position
     assert student.input_ids[student.answer_start:] == teacher.input_ids[teacher.answer_start:] == tuple(answer)
 
