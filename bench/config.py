@@ -184,7 +184,7 @@ class RPKDConfig(MethodConfig):
     alpha: float = 0.6093348343631224  # weight of cross-entropy; 1 - alpha weighs T^2 * KL (repo value)
     kl_direction: str = "reverse"  # reverse = KL(student||teacher) (published) | forward = KL(teacher||student)
     # renormalize | rest_bucket: the mass outside the teacher's top-k (kd.kd_loss; measured in conf/method/rpkd.yaml)
-    topk_tail: str = "renormalize"
+    topk_tail: str = "rest_bucket"
     train_limit: int | None = 2638  # first N train items (repo: GSM8K train[:2638])
     filter_correct: bool = True  # sequence-level: keep only teacher solutions the scorer accepts
     teacher_batch_size: int = 4

@@ -192,7 +192,7 @@ class ResponsePrimingKD(Method):
                                                        else training_target(e, ctx.task.kind)), max_length)
                      for e in examples if targets is None or e.id in targets}
         cache = compute_topk(teacher.model, sequences, self.config.top_k, self.config.teacher_batch_size,
-                             tokenizer.pad_token_id, progress=ctx.progress)
+                             tokenizer.pad_token_id, progress=ctx.progress, temperature=self.config.temperature)
         cache.save(path)
         ctx.store.mark_phase_done(f"prime_{arm}", {"sequences": len(sequences), "k": self.config.top_k,
                                                    "signal": self.signal.value})
@@ -260,8 +260,7 @@ class ResponsePrimingKD(Method):
             items = self._aligned_items(ctx, tokenizer, examples, primed.targets)
             teacher = primed.topk
             if teacher is not None:  # the teacher saw up to max_length + 512 tokens; keep the student's span
-                teacher = TopKCache({i.example_id: tuple(t[: i.sequence.answer_length] for t in teacher[i.example_id])
-                                     for i in items}, teacher.k)
+                teacher = teacher.trimmed({i.example_id: i.sequence.answer_length for i in items})
         alpha = self.config.alpha if primed.distills else 1.0
         trainer = LoRATrainer(model, lora_for_arm(self.lora, arm, self.config.lora_dropout_by_arm),
                               self.train_config, self.config.temperature, alpha, tokenizer.pad_token_id,

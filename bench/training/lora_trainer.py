@@ -223,8 +223,10 @@ class LoRATrainer:
         return TrainReport(steps=total_steps, resumed_from_step=resumed_from, losses=losses,
                            adapter_dir=str(adapter_dir))
 
-    def _check_teacher_signal(self, items: list[TrainItem], teacher: TopKCache | None) -> None:
-        """rest_bucket needs each position's teacher mass outside its top-k: fail before step 1, not at it."""
+    def _check_teacher_signal(self, items: list[TrainItem] | list[PublishedItem],
+                              teacher: TopKCache | FullLogitsStore | None) -> None:
+        """The teacher signal must fit the items and the loss: fail before step 1, not at it. rest_bucket needs each
+        position's teacher mass outside its top-k, computed at this trainer's temperature."""
         if isinstance(items[0], PublishedItem):
             if teacher is not None and not isinstance(teacher, FullLogitsStore):
                 raise ValueError("published items are trained against full-vocabulary teacher logits "
@@ -237,6 +239,10 @@ class LoRATrainer:
                              "position next to the top-k (kd.teacher_topk); this teacher cache holds top-k logits "
                              "only. Re-prime the teacher with a cache that stores it, or set "
                              "method.topk_tail=renormalize.")
+        if isinstance(teacher, TopKCache) and teacher.temperature is not None and \
+                not math.isclose(teacher.temperature, self.temperature, rel_tol=1e-9):
+            raise ValueError(f"the teacher cache's rest mass was computed at T={teacher.temperature}, but training "
+                             f"uses T={self.temperature}: re-prime the teacher (delete its phases/prime_* marker)")
 
     def _save_checkpoint(self, path: Path, step: int) -> None:
         """Adapter + optimizer + lr scheduler + step, written to a temp folder and renamed so a kill never leaves

@@ -1,7 +1,9 @@
-"""The teacher's signal for token-level KD: one forward pass, top-k logits at the answer positions, on disk.
-
-Training then never runs the teacher (which may be far larger than the student) and memory stays bounded:
-k values and k indices per answer token instead of a full vocabulary row (49k floats for SmolLM2).
+"""The teacher's signal, computed once and kept on disk, so training never runs the teacher (which may be far larger
+than the student):
+- TopKCache: top-k logits at the aligned answer positions (`reference`, `primed_response` signals), k values and
+  k indices per answer token instead of a full vocabulary row (49k floats for SmolLM2), plus the teacher's
+  tempered mass outside its top k that the `rest_bucket` tail needs;
+- FullLogitsStore: full-vocabulary logits at the first positions of the raw primed question (`published`).
 """
 
 from __future__ import annotations
@@ -15,17 +17,23 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bench.training.kd import AlignedSequence, answer_logits
+from bench.training.kd import AlignedSequence, answer_logits, teacher_topk
 
 
 class TopKCache:
-    """example id -> (indices int32 [L, k], logits float16 [L, k]); saved atomically as one torch file."""
+    """example id -> (indices int32 [L, k], logits float16 [L, k][, log_rest float32 [L]]); one torch file.
 
-    def __init__(self, entries: dict[str, tuple[torch.Tensor, torch.Tensor]], k: int) -> None:
+    log_rest (kd.teacher_topk) is the log of the teacher's probability mass outside its top k at `temperature`;
+    caches computed without a temperature hold only the first two.
+    """
+
+    def __init__(self, entries: dict[str, tuple[torch.Tensor, ...]], k: int,
+                 temperature: float | None = None) -> None:
         self.entries = entries
         self.k = k
+        self.temperature = temperature
 
-    def __getitem__(self, example_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, example_id: str) -> tuple[torch.Tensor, ...]:
         return self.entries[example_id]
 
     def __contains__(self, example_id: str) -> bool:
@@ -37,13 +45,18 @@ class TopKCache:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_suffix(".tmp")
-        torch.save({"k": self.k, "entries": self.entries}, temp)
+        torch.save({"k": self.k, "temperature": self.temperature, "entries": self.entries}, temp)
         temp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> TopKCache:
         data = torch.load(path, weights_only=True)
-        return cls(data["entries"], data["k"])
+        return cls(data["entries"], data["k"], data.get("temperature"))
+
+    def trimmed(self, lengths: dict[str, int]) -> TopKCache:
+        """The first `lengths[id]` answer positions of each listed entry (the student's span may be shorter)."""
+        return TopKCache({i: tuple(t[:n] for t in self.entries[i]) for i, n in lengths.items()}, self.k,
+                         self.temperature)
 
 
 def check_same_tokenizer(student_tokenizer, teacher_tokenizer) -> None:
@@ -55,11 +68,12 @@ def check_same_tokenizer(student_tokenizer, teacher_tokenizer) -> None:
 
 @torch.inference_mode()
 def compute_topk(model, sequences: dict[str, AlignedSequence], k: int, batch_size: int = 4,
-                 pad_token_id: int = 0, progress: bool = True) -> TopKCache:
-    """Top-k teacher logits at each sequence's answer positions (right-padded batches, one forward each)."""
+                 pad_token_id: int = 0, progress: bool = True, temperature: float | None = None) -> TopKCache:
+    """Top-k teacher logits at each sequence's answer positions (right-padded batches, one forward each), and,
+    given the KD `temperature`, the tempered log-mass outside the top k at each position (for `rest_bucket`)."""
     device = next(model.parameters()).device
     ids: Sequence[str] = list(sequences)
-    entries: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    entries: dict[str, tuple[torch.Tensor, ...]] = {}
     for start in tqdm(range(0, len(ids), batch_size), desc="teacher top-k", disable=not progress):
         batch = [sequences[i] for i in ids[start:start + batch_size]]
         width = max(len(s.input_ids) for s in batch)
@@ -71,13 +85,16 @@ def compute_topk(model, sequences: dict[str, AlignedSequence], k: int, batch_siz
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
         lengths = [s.answer_length for s in batch]
         rows = answer_logits(logits, [s.answer_start for s in batch], lengths)
-        values, indices = rows.float().topk(k, dim=-1)
+        if temperature is None:
+            values, indices = rows.float().topk(k, dim=-1)
+            parts: tuple[torch.Tensor, ...] = (indices.to(torch.int32), values.to(torch.float16))
+        else:
+            parts = teacher_topk(rows, k, temperature)
         offset = 0
         for example_id, length in zip(ids[start:start + batch_size], lengths):
-            entries[example_id] = (indices[offset:offset + length].to(torch.int32).cpu(),
-                                   values[offset:offset + length].to(torch.float16).cpu())
+            entries[example_id] = tuple(part[offset:offset + length].cpu() for part in parts)
             offset += length
-    return TopKCache(entries, k)
+    return TopKCache(entries, k, temperature)
 
 
 class FullLogitsStore:

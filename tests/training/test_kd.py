@@ -310,6 +310,27 @@ def test_topk_cache_round_trip_and_values(tiny, tmp_path) -> None:
         assert torch.equal(rows.topk(5, dim=-1).indices.to(torch.int32), indices)
 
 
+def test_topk_cache_at_a_temperature_keeps_the_rest_mass(tiny, tmp_path) -> None:
+    model, tokenizer = tiny
+    sequences = {f"ex{i}": aligned_sequence(tokenizer, f"Question {i}?", answer_ids(tokenizer, "x " * (i + 2)), 128)
+                 for i in range(2)}
+    cache = compute_topk(model, sequences, k=5, batch_size=2, pad_token_id=tokenizer.pad_token_id, progress=False,
+                         temperature=5.942267)
+    cache.save(tmp_path / "topk.pt")
+    loaded = TopKCache.load(tmp_path / "topk.pt")
+    assert loaded.temperature == pytest.approx(5.942267)
+    for key, sequence in sequences.items():
+        indices, values, log_rest = loaded[key]
+        with torch.no_grad():
+            alone = model(input_ids=torch.tensor([sequence.input_ids])).logits
+        rows = answer_logits(alone, [sequence.answer_start], [sequence.answer_length]).double() / 5.942267
+        probs = rows.softmax(-1)
+        outside = 1 - probs.gather(-1, indices.long()).sum(-1)  # an independent rest mass, in float64
+        torch.testing.assert_close(log_rest.double(), outside.log(), atol=1e-4, rtol=1e-4)
+    trimmed = loaded.trimmed({"ex1": 2})
+    assert len(trimmed) == 1 and all(len(part) == 2 for part in trimmed["ex1"]) and trimmed.temperature == loaded.temperature
+
+
 def test_different_tokenizers_are_refused(tiny) -> None:
     _, tokenizer = tiny
 

@@ -175,6 +175,16 @@ def test_rest_bucket_without_the_teachers_rest_mass_fails_before_training(tmp_pa
     assert not (tmp_path / "adapter").exists()
 
 
+def test_rest_mass_computed_at_another_temperature_is_refused(tmp_path: Path) -> None:
+    lora_trainer, tokenizer = trainer(TrainConfig(epochs=1, save_every=1000), alpha=0.5, topk_tail="rest_bucket")
+    teacher_model, _ = build_tiny_llama(seed=0)
+    train_items = items(tokenizer, 2)
+    signal = self_distillation_signal(teacher_model, tokenizer, train_items, rest_mass=True)
+    signal.temperature = 5.0  # the trainer's is 2.0
+    with pytest.raises(ValueError, match="T=5.0"):
+        lora_trainer.train(train_items, signal, tmp_path)
+
+
 def test_lora_dropout_per_arm_as_published() -> None:
     lora = LoRAConfig()  # dropout 0.1 for every arm ...
     by_arm = {"base": 0.2}  # ... except Base-KD
