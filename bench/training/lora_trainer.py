@@ -201,15 +201,16 @@ class LoRATrainer:
                 (loss / len(group)).backward()
                 for key, value in (("loss", loss), ("ce", ce), ("kl", kl)):
                     totals[key] += float(value.detach()) / len(group)
-            if self.train_config.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.lora_params, self.train_config.max_grad_norm)
+            # the total norm before any clipping, logged every step; max_norm = inf measures without clipping
+            max_norm = self.train_config.max_grad_norm
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.lora_params, math.inf if max_norm is None else max_norm)
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
             if self.scheduler is not None:
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             step += 1
-            losses.append({"step": step, "lr": lr, **totals})
+            losses.append({"step": step, "lr": lr, **totals, "grad_norm": float(grad_norm)})
             if on_log:
                 on_log(losses[-1])
             bar.set_postfix(loss=f"{totals['loss']:.3f}")

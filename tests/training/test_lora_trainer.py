@@ -113,14 +113,31 @@ def test_optimizer_is_the_published_sgd_over_the_lora_parameters_only() -> None:
 
 def test_no_gradient_clipping_unless_max_grad_norm_is_set(tmp_path: Path, monkeypatch) -> None:
     calls: list[float] = []
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, norm: calls.append(norm))
+
+    def measure(params, norm):
+        calls.append(norm)
+        return torch.tensor(1.5)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", measure)
     unclipped, tokenizer = trainer(TrainConfig(epochs=1, save_every=1000))
     assert unclipped.train_config.max_grad_norm is None
-    unclipped.train(items(tokenizer, 2), None, tmp_path / "a")
-    assert calls == []
+    report = unclipped.train(items(tokenizer, 2), None, tmp_path / "a")
+    assert calls == [math.inf, math.inf]  # measured every step, never clipped
+    assert [row["grad_norm"] for row in report.losses] == [1.5, 1.5]
+    calls.clear()
     clipped, _ = trainer(TrainConfig(epochs=1, save_every=1000, max_grad_norm=1.0))
     clipped.train(items(tokenizer, 2), None, tmp_path / "b")
     assert calls == [1.0, 1.0]
+
+
+def test_each_step_logs_the_gradient_norm_before_clipping(tmp_path: Path) -> None:
+    rows: list[dict] = []
+    clipped, tokenizer = trainer(TrainConfig(optimizer="adamw", lr=1e-2, epochs=1, batch_size=1, save_every=1000,
+                                             max_grad_norm=1e-6))
+    report = clipped.train(items(tokenizer, 3), None, tmp_path, on_log=rows.append)
+    assert [row["step"] for row in rows] == [1, 2, 3] and rows == report.losses
+    norms = [row["grad_norm"] for row in rows]
+    assert all(math.isfinite(norm) and norm > 1e-6 for norm in norms)  # the norm before clipping to 1e-6
 
 
 def test_old_checkpoints_without_scheduler_state_fast_forward_the_schedule(tmp_path: Path) -> None:
