@@ -131,6 +131,7 @@ class CDConfig(MethodConfig):
     teacher_max_new_tokens: int = 512
     teacher_temperature: float = 0.0
     budget_usd: float | None = None  # stop induction cleanly once the teacher has cost this much
+    budget_tokens: int | None = None  # ... or has read + written this many tokens (a budget local teachers share)
     prompt_from: str | None = None  # transfer: a CD run folder or a prompt file; skips learning
 
 
@@ -187,6 +188,7 @@ class RPKDConfig(MethodConfig):
     topk_tail: str = "rest_bucket"
     train_limit: int | None = 2638  # first N train items (repo: GSM8K train[:2638])
     filter_correct: bool = True  # sequence-level: keep only teacher solutions the scorer accepts
+    teacher_token_budget: int | None = None  # stop priming an arm once the teacher read + wrote this many tokens
     teacher_batch_size: int = 4
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     # arm -> LoRA dropout in place of lora.dropout for that arm (published: 0.2 for Base-KD, 0.1 for the rest)

@@ -74,6 +74,8 @@ class ConceptDistillation(Method):
             raise ValueError(f"method.acceptance must be one of {ACCEPTANCES}, got {config.acceptance!r}")
         if not 0 < config.acceptance_p <= 1:
             raise ValueError(f"method.acceptance_p must be in (0, 1], got {config.acceptance_p}")
+        if config.budget_tokens is not None and config.budget_tokens < 1:
+            raise ValueError(f"method.budget_tokens must be >= 1 (or null), got {config.budget_tokens}")
         for knob in ("train_sample", "max_mistakes", "mistakes_per_call", "rules_per_call", "calls_per_round",
                      "max_rules", "min_gain_items"):
             if getattr(config, knob) < 1:
@@ -142,7 +144,7 @@ class ConceptDistillation(Method):
                     ctx.store.read_json("teacher_usage.json"))
         size = self.config.mistakes_per_call
         batches = [mistakes[i:i + size] for i in range(0, len(mistakes), size)]
-        meter = UsageMeter(self.config.budget_usd)
+        meter = UsageMeter(self.config.budget_usd, self.config.budget_tokens)
         teacher = ctx.model("teacher")
         rules: list[Rule] = []
         log: list[dict] = []
@@ -154,8 +156,8 @@ class ConceptDistillation(Method):
                 if meter.exhausted():
                     log += [{"batch": index, "attempt": attempt, "outcome": "skipped: budget exhausted",
                              "cost_usd": meter.snapshot()["cost_usd"]} for index, _ in pending[start:]]
-                    logger.warning("induce: budget of $%s reached; stopping with %d rules", meter.budget_usd,
-                                   len(rules))
+                    logger.warning("induce: teacher budget reached ($%s, %s tokens); stopping with %d rules",
+                                   meter.budget_usd, meter.budget_tokens, len(rules))
                     pending = []
                     break
                 round_ = pending[start:start + self.config.calls_per_round]

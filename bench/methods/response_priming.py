@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -36,6 +37,7 @@ from bench.evaluation import compare
 from bench.methods.base import Method, MethodResult, summary_row
 from bench.models import build_model
 from bench.models.base import GenerationRequest, Message
+from bench.models.cost import UsageMeter
 from bench.models.hf import load_model_and_tokenizer, resolve_device, resolve_dtype
 from bench.tasks.base import Example
 from bench.training.kd import aligned_sequence, answer_ids
@@ -73,13 +75,61 @@ def teacher_signal(value: str) -> TeacherSignal:
 
 
 @dataclass
+class TeacherUsage:
+    """What priming one arm cost the teacher, and where a teacher-token budget stopped it (the compare study's cost
+    axis). Tokens count what the teacher read and wrote: generation prompt + completion, and forward passes."""
+
+    budget_tokens: int | None = None
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    forward_tokens: int = 0
+    cache_bytes: int = 0
+    primed_items: int = 0
+    stopped: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens + self.forward_tokens
+
+    def exhausted(self) -> bool:
+        return self.budget_tokens is not None and self.tokens >= self.budget_tokens
+
+    def add_generation(self, meter: UsageMeter) -> None:
+        usage = meter.snapshot()
+        self.calls += int(usage["calls"] or 0)
+        self.prompt_tokens += int(usage["prompt_tokens"] or 0)
+        self.completion_tokens += int(usage["completion_tokens"] or 0)
+        self.cost_usd += float(usage["cost_usd"] or 0.0)
+
+    def take_forward(self, lengths: dict[str, int]) -> list[str]:
+        """The ids (in order) whose forward passes fit in the budget left; their tokens are counted."""
+        kept: list[str] = []
+        for example_id, length in lengths.items():
+            if self.budget_tokens is not None and self.tokens + length > self.budget_tokens:
+                self.stopped = (f"teacher budget of {self.budget_tokens} tokens reached: forward passes for "
+                                f"{len(kept)} of {len(lengths)} items")
+                break
+            self.forward_tokens += length
+            kept.append(example_id)
+        return kept
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "tokens": self.tokens}
+
+
+@dataclass
 class PrimedTeacher:
-    """One arm's teacher signal: the texts the student learns (None: the reference solutions) and the teacher's
-    distributions on them (top-k on aligned answer tokens, or the published full-vocabulary logits)."""
+    """One arm's teacher signal: the texts the student learns (None: the reference solutions), the teacher's
+    distributions on them (top-k on aligned answer tokens, or the published full-vocabulary logits), which items
+    have a signal (None: all of them; fewer when filtered or stopped by a budget) and what it cost."""
 
     targets: dict[str, str] | None = None
     topk: TopKCache | None = None
     full_logits: FullLogitsStore | None = None
+    ids: set[str] | None = None
+    usage: TeacherUsage | None = None
 
     @property
     def distills(self) -> bool:
@@ -112,6 +162,8 @@ class ResponsePrimingKD(Method):
         if self.signal is TeacherSignal.PUBLISHED and config.kl_direction != "reverse":
             raise ValueError("method.signal=published is the public code's loss, whose KL is reverse "
                              "(KL(student||teacher)); set method.kl_direction=reverse or choose another signal")
+        if config.teacher_token_budget is not None and config.teacher_token_budget < 1:
+            raise ValueError(f"method.teacher_token_budget must be >= 1 (or null), got {config.teacher_token_budget}")
         self.arms = select_arms(config.arms, config.priming)
         for arm in self.arms:
             if arm in PRIMING_ARMS:
@@ -157,18 +209,55 @@ class ResponsePrimingKD(Method):
         reference        top-k logits of the primed teacher forced through the reference solution;
         primed_response  the primed teacher writes a solution, the scorer keeps the right ones, and the teacher's
                          top-k logits on its own kept solution go with it;
-        sequence         the kept solutions only (text; API teachers)."""
+        sequence         the kept solutions only (text; API teachers).
+        With `method.teacher_token_budget`, priming stops once the teacher has read and written that many tokens,
+        and the arm trains on the items primed by then; its usage (and where it stopped) is saved either way."""
+        usage_path = f"artifacts/{arm}/teacher_usage.json"
+        if ctx.store.phase_done(f"prime_{arm}") and ctx.store.exists(usage_path):
+            primed = self._load_primed(ctx, arm)
+            if primed is not None:
+                return primed
         priming = priming_for(arm, self.wording, self.config.custom_priming)
         ctx.store.write_json(f"artifacts/{arm}/priming.json", {"wording": self.wording.value, "text": priming.text,
                                                                 "raw_prefix": priming.raw_prefix})
-        if self.signal is TeacherSignal.SEQUENCE:
-            return PrimedTeacher(targets=self._teacher_solutions(ctx, arm, priming, examples))
+        usage = TeacherUsage(budget_tokens=self.config.teacher_token_budget)
+        primed = PrimedTeacher(usage=usage)
+        if self.signal in (TeacherSignal.SEQUENCE, TeacherSignal.PRIMED_RESPONSE):
+            primed.targets = self._teacher_solutions(ctx, arm, priming, examples, usage)
+            primed.ids = set(primed.targets)
         if self.signal is TeacherSignal.PUBLISHED:
-            return PrimedTeacher(full_logits=self._published_logits(ctx, arm, priming, examples))
-        if self.signal is TeacherSignal.PRIMED_RESPONSE:
-            targets = self._teacher_solutions(ctx, arm, priming, examples)
-            return PrimedTeacher(targets=targets, topk=self._teacher_topk(ctx, arm, priming, examples, targets))
-        return PrimedTeacher(topk=self._teacher_topk(ctx, arm, priming, examples, None))
+            primed.full_logits, primed.ids = self._published_logits(ctx, arm, priming, examples, usage)
+        elif self.signal is not TeacherSignal.SEQUENCE:
+            primed.topk = self._teacher_topk(ctx, arm, priming, examples, primed.targets, usage)
+            primed.ids = set(primed.topk.entries)
+        usage.primed_items = len(primed.ids or ())
+        ctx.store.write_json(usage_path, usage.to_dict())
+        if primed.targets is not None:
+            ctx.store.write_json(f"artifacts/{arm}/targets.json", primed.targets)
+        ctx.store.mark_phase_done(f"prime_{arm}", {"signal": self.signal.value, "items": usage.primed_items,
+                                                   "k": self.config.top_k, **usage.to_dict()})
+        if usage.stopped:
+            logger.warning("%s: %s", arm, usage.stopped)
+        return primed
+
+    def _load_primed(self, ctx: RunContext, arm: str) -> PrimedTeacher | None:
+        """A finished priming phase, read back (None when one of its files is missing: prime again)."""
+        usage = TeacherUsage(**{k: v for k, v in ctx.store.read_json(f"artifacts/{arm}/teacher_usage.json").items()
+                                if k != "tokens"})
+        primed = PrimedTeacher(usage=usage)
+        if ctx.store.exists(f"artifacts/{arm}/targets.json"):
+            primed.targets = ctx.store.read_json(f"artifacts/{arm}/targets.json")
+            primed.ids = set(primed.targets)
+        if self.signal is TeacherSignal.PUBLISHED:
+            primed.full_logits = FullLogitsStore(ctx.store.path(f"artifacts/{arm}/teacher_logits"))
+            primed.ids = set(ctx.store.read_json(f"artifacts/{arm}/primed_ids.json"))
+        elif self.signal is not TeacherSignal.SEQUENCE:
+            path = ctx.store.path(f"artifacts/{arm}/teacher_topk.pt")
+            if not path.exists():
+                return None
+            primed.topk = TopKCache.load(path)
+            primed.ids = set(primed.topk.entries)
+        return primed
 
     def _local_teacher(self, ctx: RunContext):
         """The teacher's model and tokenizer, for the signals that read its logits (same vocabulary as the student)."""
@@ -180,66 +269,85 @@ class ResponsePrimingKD(Method):
         return teacher
 
     def _teacher_topk(self, ctx: RunContext, arm: str, priming: Priming, examples: list[Example],
-                      targets: dict[str, str] | None) -> TopKCache:
+                      targets: dict[str, str] | None, usage: TeacherUsage) -> TopKCache:
         """Top-k logits of the primed teacher on the answer tokens the student will learn (aligned, same ids)."""
-        path = ctx.store.path(f"artifacts/{arm}/teacher_topk.pt")
-        if ctx.store.phase_done(f"prime_{arm}") and path.exists():
-            return TopKCache.load(path)
         teacher = self._local_teacher(ctx)
         tokenizer, max_length = teacher.tokenizer, self.train_config.max_length + 512  # room for the priming
         sequences = {e.id: aligned_sequence(tokenizer, priming.apply(ctx.task.user_message(e)),
                                             answer_ids(tokenizer, targets[e.id] if targets is not None
                                                        else training_target(e, ctx.task.kind)), max_length)
                      for e in examples if targets is None or e.id in targets}
-        cache = compute_topk(teacher.model, sequences, self.config.top_k, self.config.teacher_batch_size,
-                             tokenizer.pad_token_id, progress=ctx.progress, temperature=self.config.temperature)
+        kept = usage.take_forward({i: len(s.input_ids) for i, s in sequences.items()})
+        if not kept:
+            raise ValueError(f"{arm}: the teacher token budget leaves no item to prime ({usage.stopped})")
+        cache = compute_topk(teacher.model, {i: sequences[i] for i in kept}, self.config.top_k,
+                             self.config.teacher_batch_size, tokenizer.pad_token_id, progress=ctx.progress,
+                             temperature=self.config.temperature)
+        path = ctx.store.path(f"artifacts/{arm}/teacher_topk.pt")
         cache.save(path)
-        ctx.store.mark_phase_done(f"prime_{arm}", {"sequences": len(sequences), "k": self.config.top_k,
-                                                   "signal": self.signal.value})
+        usage.cache_bytes = path.stat().st_size
         return cache
 
-    def _published_logits(self, ctx: RunContext, arm: str, priming: Priming, examples: list[Example]
-                          ) -> FullLogitsStore:
+    def _published_logits(self, ctx: RunContext, arm: str, priming: Priming, examples: list[Example],
+                          usage: TeacherUsage) -> tuple[FullLogitsStore, set[str]]:
         """Full-vocabulary teacher logits over the raw primed question at the positions the published loss reads."""
         store = FullLogitsStore(ctx.store.path(f"artifacts/{arm}/teacher_logits"))
-        if ctx.store.phase_done(f"prime_{arm}"):
-            return store
         teacher = self._local_teacher(ctx)
         tokenizer = teacher.tokenizer
         sequences = {}
         for example, item in zip(examples, self._published_items(tokenizer, examples)):
             teacher_ids = published_teacher_ids(tokenizer, priming.apply(example.question))
             sequences[item.example_id] = (teacher_ids, min(len(teacher_ids), item.positions))
+        kept = usage.take_forward({i: len(ids) for i, (ids, _) in sequences.items()})
+        if not kept:
+            raise ValueError(f"{arm}: the teacher token budget leaves no item to prime ({usage.stopped})")
+        sequences = {i: sequences[i] for i in kept}
         vocab = teacher.model.get_output_embeddings().weight.shape[0]
         needed = sum(n for _, n in sequences.values()) * vocab * 2  # float16
         logger.info("%s: storing the teacher's full-vocabulary logits, %.2f GiB", arm, needed / 2**30)
         check_disk_room(store.directory, needed)
         compute_full_logits(teacher.model, sequences, store, self.config.teacher_batch_size,
                             tokenizer.pad_token_id, progress=ctx.progress)
-        ctx.store.mark_phase_done(f"prime_{arm}", {"sequences": len(sequences), "signal": self.signal.value,
-                                                   "bytes": needed})
-        return store
+        usage.cache_bytes = sum(path.stat().st_size for path in store.directory.glob("*.pt"))
+        ctx.store.write_json(f"artifacts/{arm}/primed_ids.json", kept)
+        return store, set(kept)
 
     def _published_items(self, tokenizer, examples: list[Example]) -> list[PublishedItem]:
         return [published_item(tokenizer, e.id, e.question, published_answer(e), self.train_config.max_length)
                 for e in examples]
 
-    def _teacher_solutions(self, ctx: RunContext, arm: str, priming: Priming, examples: list[Example]
-                           ) -> dict[str, str]:
+    def _teacher_solutions(self, ctx: RunContext, arm: str, priming: Priming, examples: list[Example],
+                           usage: TeacherUsage) -> dict[str, str]:
+        """The primed teacher's solutions, kept when the scorer accepts them (method.filter_correct). Under a token
+        budget they are generated a batch at a time, stopping once the budget is spent."""
         teacher = ctx.model("teacher")
         params = ctx.sampling("teacher")
         requests = [GenerationRequest((Message("user", priming.apply(ctx.task.user_message(e))),), params)
                     for e in examples]
-        texts = [c.text for c in teacher.generate(requests, progress=ctx.progress)]
-        verdicts = ctx.task.score_many(examples, texts, progress=ctx.progress)
-        kept = {e.id: text for e, text, v in zip(examples, texts, verdicts) if v.passed or not self.config.filter_correct}
+        meter = UsageMeter(budget_tokens=usage.budget_tokens)
+        chunk = len(requests) if usage.budget_tokens is None else max(1, ctx.model_config("teacher").batch_size)
+        texts: list[str] = []
+        for start in range(0, len(requests), chunk):
+            if meter.exhausted():
+                usage.stopped = (f"teacher budget of {usage.budget_tokens} tokens reached: solutions for "
+                                 f"{len(texts)} of {len(examples)} items")
+                break
+            for completion in teacher.generate(requests[start:start + chunk], progress=ctx.progress):
+                meter.add(completion)
+                texts.append(completion.text)
+        usage.add_generation(meter)
+        generated = examples[:len(texts)]
+        verdicts = ctx.task.score_many(generated, texts, progress=ctx.progress)
+        kept = {e.id: text for e, text, v in zip(generated, texts, verdicts)
+                if v.passed or not self.config.filter_correct}
         ctx.store.write_jsonl(f"artifacts/{arm}/teacher_solutions.jsonl",
                               ({"task_id": e.id, "text": t, "status": v.status.value, "kept": e.id in kept}
-                               for e, t, v in zip(examples, texts, verdicts)))
-        logger.info("%s: kept %d of %d teacher solutions", arm, len(kept), len(examples))
+                               for e, t, v in zip(generated, texts, verdicts)))
+        logger.info("%s: kept %d of %d teacher solutions", arm, len(kept), len(generated))
         if not kept:
-            raise ValueError(f"{arm}: the scorer accepted none of the {len(examples)} teacher solutions, so there is "
-                             "nothing to train on; use a stronger teacher, more items, or method.filter_correct=false")
+            raise ValueError(f"{arm}: the scorer accepted none of the {len(generated)} teacher solutions, so there "
+                             "is nothing to train on; use a stronger teacher, more items, or "
+                             "method.filter_correct=false")
         return kept
 
     def train(self, ctx: RunContext, arm: str, examples: list[Example], primed: PrimedTeacher) -> str:
@@ -252,6 +360,8 @@ class ResponsePrimingKD(Method):
         model, tokenizer, _ = load_model_and_tokenizer(dataclasses.replace(config, adapter_path=None), device,
                                                        resolve_dtype(config.dtype, device))
         tokenizer.padding_side = "right"
+        if primed.ids is not None:  # items the teacher primed (filtered, or stopped by a budget)
+            examples = [e for e in examples if e.id in primed.ids]
         items: list[TrainItem] | list[PublishedItem]
         teacher: TopKCache | FullLogitsStore | None
         if self.signal is TeacherSignal.PUBLISHED:  # gt_finetune too: the published fine-tune control
@@ -266,10 +376,12 @@ class ResponsePrimingKD(Method):
                               self.train_config, self.config.temperature, alpha, tokenizer.pad_token_id,
                               progress=ctx.progress, kl_direction=self.config.kl_direction,
                               topk_tail=self.config.topk_tail)
+        started = time.perf_counter()
         report = trainer.train(items, teacher, output, on_log=lambda row: ctx.tracker.log({f"train/{arm}": row}))
+        train_s = time.perf_counter() - started
         ctx.store.write_jsonl(f"artifacts/{arm}/losses.jsonl", report.losses)
         ctx.store.mark_phase_done(f"train_{arm}", {"items": len(items), "steps": report.steps, "alpha": alpha,
-                                                   "signal": self.signal.value,
+                                                   "signal": self.signal.value, "train_s": round(train_s, 2),
                                                    "resumed_from_step": report.resumed_from_step,
                                                    "final_loss": report.losses[-1] if report.losses else None})
         return report.adapter_dir
@@ -307,4 +419,6 @@ class ResponsePrimingKD(Method):
             rows.append(summary_row(arm, result.metrics, **extra))
         metrics["training"] = {arm: ctx.store.read_json(f"phases/train_{arm}.done")
                                for arm in adapters if adapters[arm] is not None}
+        metrics["priming"] = {arm: ctx.store.read_json(f"artifacts/{arm}/teacher_usage.json")
+                              for arm in adapters if ctx.store.exists(f"artifacts/{arm}/teacher_usage.json")}
         return MethodResult(metrics=metrics, rows=rows)

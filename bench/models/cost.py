@@ -29,8 +29,9 @@ class UsageMeter:
     job stops at the same point as the original. `spent_usd` is what this process actually paid (cache misses).
     """
 
-    def __init__(self, budget_usd: float | None = None) -> None:
+    def __init__(self, budget_usd: float | None = None, budget_tokens: int | None = None) -> None:
         self.budget_usd = budget_usd
+        self.budget_tokens = budget_tokens  # prompt + completion tokens: a budget local teachers can share
         self._lock = threading.Lock()
         self.calls = self.cached = self.prompt_tokens = self.completion_tokens = 0
         self.cost_usd = self.spent_usd = 0.0
@@ -46,15 +47,22 @@ class UsageMeter:
             else:
                 self.spent_usd += completion.cost_usd
 
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
     def exhausted(self) -> bool:
-        return self.budget_usd is not None and self.cost_usd >= self.budget_usd
+        return ((self.budget_usd is not None and self.cost_usd >= self.budget_usd) or
+                (self.budget_tokens is not None and self.tokens >= self.budget_tokens))
 
     def check_budget(self) -> None:
         if self.exhausted():
-            raise BudgetExceeded(f"spent ${self.cost_usd:.4f} of the ${self.budget_usd:.4f} budget")
+            raise BudgetExceeded(f"spent ${self.cost_usd:.4f} and {self.tokens} tokens of the budget "
+                                 f"(${self.budget_usd}, {self.budget_tokens} tokens)")
 
     def snapshot(self) -> dict[str, float | int | None]:
         with self._lock:
             return {"calls": self.calls, "cached": self.cached, "prompt_tokens": self.prompt_tokens,
                     "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 6),
-                    "spent_usd": round(self.spent_usd, 6), "budget_usd": self.budget_usd}
+                    "spent_usd": round(self.spent_usd, 6), "budget_usd": self.budget_usd,
+                    "budget_tokens": self.budget_tokens}

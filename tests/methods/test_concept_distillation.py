@@ -132,6 +132,17 @@ def test_budget_cap_stops_induction_cleanly(tmp_path: Path) -> None:
         assert (run_folder(tmp_path) / "induction_log.jsonl").read_text().count("skipped: budget exhausted") == 6
 
 
+def test_token_budget_stops_induction_like_a_dollar_budget(tmp_path: Path) -> None:
+    with ScriptedServer(reply=rules_reply) as teacher:
+        metrics = execute(cd_config(tmp_path, teacher.base_url, "method.max_mistakes=8", "method.train_sample=8",
+                                    "method.mistakes_per_call=1", "method.calls_per_round=1",
+                                    "method.budget_tokens=1"), progress=False)
+        assert len(teacher.requests) == 1  # one round, then the budget (1 token) is spent
+    usage = metrics["teacher_usage"]
+    assert usage["budget_tokens"] == 1 and usage["prompt_tokens"] + usage["completion_tokens"] >= 1
+    assert (run_folder(tmp_path) / "induction_log.jsonl").read_text().count("skipped: budget exhausted") >= 1
+
+
 def test_transfer_evaluates_a_learned_prompt_without_a_teacher(tmp_path: Path, monkeypatch) -> None:
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("Follow these rules:\n1. Check every step.\n")

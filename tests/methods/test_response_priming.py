@@ -76,9 +76,11 @@ def test_sequence_level_keeps_only_accepted_teacher_solutions(tmp_path: Path) ->
     assert metrics["training"]["teacher"]["items"] == 1
     assert list(metrics["arms"]) == ["no_train", "teacher"]  # method.priming replaced ground_truth
     # the published Teacher string, a raw prefix glued to the question inside the user turn
-    assert teacher.requests[0]["messages"][0]["content"].startswith(
-        "As a teacher, guide your student through solving the question below. Provide a clear, simple explanation "
-        "for someone unfamiliar with the problem. Natalia sold clips")
+    teacher_prefix = ("As a teacher, guide your student through solving the question below. Provide a clear, simple "
+                      "explanation for someone unfamiliar with the problem. ")
+    contents = [request["messages"][0]["content"] for request in teacher.requests]
+    assert all(content.startswith(teacher_prefix) for content in contents)
+    assert any(content.startswith(teacher_prefix + "Natalia sold clips") for content in contents)
 
 
 def test_published_signal_stores_raw_primed_logits_and_trains_the_public_computation(tmp_path: Path) -> None:
@@ -140,3 +142,27 @@ def test_the_old_signal_name_token_still_means_reference(tmp_path: Path) -> None
     metrics = execute(rpkd_config(tmp_path, "method.signal=token", "method.arms=[no_train,ground_truth]"),
                       progress=False)
     assert metrics["signal"] == "reference"
+
+
+def test_teacher_token_budget_primes_a_prefix_and_says_where_it_stopped(tmp_path: Path) -> None:
+    metrics = execute(rpkd_config(tmp_path, "method.arms=[no_train,ground_truth]"), progress=False)
+    first = json.loads((run_folder(tmp_path) / "artifacts/ground_truth/teacher_usage.json").read_text())
+    assert first["primed_items"] == 3 and first["stopped"] is None and first["forward_tokens"] > 0
+    budget = first["forward_tokens"] // 3  # below the three sequences' total, above the shortest one alone
+    metrics = execute(rpkd_config(tmp_path / "b", "method.arms=[no_train,ground_truth]",
+                                  f"method.teacher_token_budget={budget}"), progress=False)
+    usage = metrics["priming"]["ground_truth"]
+    assert usage["primed_items"] < 3 and usage["forward_tokens"] <= budget
+    assert usage["stopped"].startswith(f"teacher budget of {budget} tokens reached")
+    assert metrics["training"]["ground_truth"]["items"] == usage["primed_items"]
+
+
+def test_sequence_signal_under_a_budget_stops_generating(tmp_path: Path) -> None:
+    with ScriptedServer(reply="The answer is 72.") as teacher:
+        metrics = execute(rpkd_config(tmp_path, "method.signal=sequence", "method.arms=[no_train,ground_truth]",
+                                      "method.teacher_token_budget=1", "teacher=openai_compatible",
+                                      f"teacher.base_url={teacher.base_url}", "teacher.model_id=scripted",
+                                      "teacher.batch_size=1"), progress=False)
+        assert len(teacher.requests) == 1  # one batch of one, then the 1-token budget is spent
+    usage = metrics["priming"]["ground_truth"]
+    assert usage["calls"] == 1 and usage["stopped"].endswith("solutions for 1 of 3 items")
