@@ -197,6 +197,18 @@ class RPKDConfig(MethodConfig):
 
 
 @dataclass
+class CompareConfig(MethodConfig):
+    """CD vs RP-KD on the same test items (bench/methods/compare.py); `cd` and `rpkd` are the methods' own configs."""
+
+    name: str = "compare"
+    families: list[str] = field(default_factory=lambda: ["cd", "rpkd"])  # which methods beside the student alone
+    signals: list[str] = field(default_factory=lambda: ["reference"])  # RP-KD teacher signals, one sub-run each
+    teacher_token_budget: int | None = None  # one teacher budget for CD's induction and each RP-KD arm's priming
+    cd: CDConfig = field(default_factory=CDConfig)
+    rpkd: RPKDConfig = field(default_factory=RPKDConfig)
+
+
+@dataclass
 class RunConfig:
     method: Any = MISSING
     task: TaskConfig = MISSING
@@ -224,3 +236,4 @@ def register_configs(store: ConfigStore | None = None) -> None:
     store.store(group="method", name="baseline_schema", node=BaselineConfig)
     store.store(group="method", name="cd_schema", node=CDConfig)
     store.store(group="method", name="rpkd_schema", node=RPKDConfig)
+    store.store(group="method", name="compare_schema", node=CompareConfig)

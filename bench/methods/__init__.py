@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from bench.methods.base import Method, MethodResult
 from bench.methods.baseline import Baseline
+from bench.methods.compare import Compare
 from bench.methods.concept_distillation import ConceptDistillation
 from bench.methods.response_priming import ResponsePrimingKD
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Baseline, ConceptDistillation, ResponsePrimingKD)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Baseline, ConceptDistillation, ResponsePrimingKD, Compare)}
 
 
 def make_method(config) -> Method:
