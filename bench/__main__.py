@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.config_search_path import ConfigSearchPath
@@ -27,6 +27,10 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, OmegaConf
 
 from bench.config import register_configs
+
+if TYPE_CHECKING:
+    from bench.result_records import RunFacts
+    from bench.tracking import Tracker
 
 logger = logging.getLogger("bench")
 
@@ -96,8 +100,10 @@ def execute(config: DictConfig, progress: bool = True) -> dict[str, Any]:
     from bench.context import RunContext, make_checker
     from bench.methods import make_method
     from bench.report import write_tables
+    from bench.result_records import result_records
+    from bench.run_artifacts import report_artifact, run_artifacts
     from bench.tasks import make_task
-    from bench.tracking import RunStore, Tracker, WandbTracker
+    from bench.tracking import RunStore
 
     method = make_method(config.method)
     name = run_name(config, method.roles)
@@ -108,13 +114,11 @@ def execute(config: DictConfig, progress: bool = True) -> dict[str, Any]:
     task_config = OmegaConf.to_object(config.task)
     task = make_task(task_config, make_checker(_task_kind(config.task.name), OmegaConf.to_object(config.scoring)))
     store.write_json("splits.json", {"seed": config.task.seed, "source": task.splits.source, **task.splits.ids()})
-    tracker: Tracker = Tracker()
-    if config.logger.wandb:
-        tracker = WandbTracker(project=config.logger.project, entity=config.logger.entity, mode=config.logger.mode,
-                               name=name, group=config.experiment, tags=list(config.logger.tags),
-                               config=OmegaConf.to_container(config, resolve=True), directory=store.path("wandb"))
+    facts = run_facts(config, method.roles)
+    tracker = make_tracker(config, facts, store.root, name)
     ctx = RunContext(config=config, task=task, store=store, tracker=tracker, run_id=name, progress=progress)
     started = time.time()
+    tables_dir = Path(config.results_dir) / "tables"
     try:
         for role in method.roles:  # build models (and check API keys) before any work is done
             ctx.model(role)
@@ -127,13 +131,51 @@ def execute(config: DictConfig, progress: bool = True) -> dict[str, Any]:
                    "wall_s": round(time.time() - started, 2), "environment": _environment(),
                    **result.metrics, "rows": result.rows}
         store.write_json("metrics.json", metrics)
-        tracker.summary({"rows": {row["arm"]: row for row in result.rows}})
-    finally:
-        tracker.finish()
-    tables = write_tables(Path(config.results_dir), Path(config.results_dir) / "tables", config.experiment)
-    print(f"\n{config.method.name} on {config.task.name} — results in {store.root}\n{format_table(result.rows)}")
+        tables = write_tables(Path(config.results_dir), tables_dir, config.experiment)
+        tracker.log_results(result_records(metrics, facts))
+        report = report_artifact(tables_dir, config.experiment, Path(config.results_dir))
+        tracker.log_artifacts([*run_artifacts(store.root, _run_key(config, store.root)),
+                               *([report] if report else [])])
+    except BaseException:
+        tracker.finish(failed=True)
+        raise
+    tracker.finish()
+    models = ", ".join(f"{role}={config[role].name}" for role in method.roles)
+    print(f"\n{config.method.name} on {config.task.name} ({models}) — results in {store.root}\n"
+          f"{format_table(result.rows)}")
     print(f"tables of experiment {config.experiment!r}: {', '.join(str(path) for path in tables)}")
     return metrics
+
+
+def run_facts(config: DictConfig, roles: tuple[str, ...]) -> RunFacts:
+    """What every long-format result row repeats: experiment, task, method, the models the method used, seed."""
+    from bench.result_records import RunFacts
+
+    return RunFacts(experiment=config.experiment, task=config.task.name, method=config.method.name,
+                    student=config.student.name if "student" in roles else None,
+                    teacher=config.teacher.name if "teacher" in roles else None, seed=config.seed)
+
+
+def _run_key(config: DictConfig, run_folder: Path) -> str:
+    from bench.wandb_tracker import wandb_run_id
+
+    return wandb_run_id(run_folder, Path(config.results_dir))
+
+
+def make_tracker(config: DictConfig, facts: RunFacts, run_folder: Path, name: str) -> Tracker:
+    """No-op without `logger=wandb`; else the job's one W&B run, whose id comes from its results folder."""
+    from bench.tracking import Tracker
+
+    if not config.logger.wandb:
+        return Tracker()
+    from bench.wandb_tracker import WandbTracker, run_tags
+
+    return WandbTracker(project=config.logger.project, entity=config.logger.entity, mode=config.logger.mode,
+                        run_id=_run_key(config, run_folder), name=name, group=config.experiment,
+                        job_type=config.method.name,
+                        tags=run_tags({"task": facts.task, "student": facts.student, "teacher": facts.teacher},
+                                      list(config.logger.tags)),
+                        config=OmegaConf.to_container(config, resolve=True), directory=run_folder)
 
 
 def _task_kind(task_name: str) -> str:

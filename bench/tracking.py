@@ -11,9 +11,13 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.result_records import ResultRecord
+    from bench.run_artifacts import ArtifactSpec
 
 logger = logging.getLogger(__name__)
 
@@ -95,58 +99,23 @@ class RunStore:
 
 
 class Tracker:
-    """No-op experiment tracker; `WandbTracker` overrides it. Methods log through this, never through wandb."""
+    """No-op experiment tracker; `bench.wandb_tracker.WandbTracker` overrides it. Methods log through this, never
+    through wandb, so a run without a tracker runs the very same code."""
 
     def log(self, metrics: Mapping[str, Any]) -> None:
-        pass
+        """Numbers at this point of the run; a mapping with a `step` field under one key is a curve."""
 
     def log_samples(self, name: str, records: list[Mapping[str, Any]]) -> None:
-        pass
+        """One evaluation's per-sample records."""
+
+    def log_results(self, records: Sequence[ResultRecord]) -> None:
+        """The run's final long-format results, one record per task × arm × seed."""
+
+    def log_artifacts(self, specs: Sequence[ArtifactSpec]) -> None:
+        """Files that produced the numbers."""
 
     def summary(self, values: Mapping[str, Any]) -> None:
         pass
 
-    def finish(self) -> None:
+    def finish(self, failed: bool = False) -> None:
         pass
-
-
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            _flatten(f"{prefix}/{key}" if prefix else str(key), item, out)
-    elif isinstance(value, (int, float, str, bool)) or value is None:
-        out[prefix] = value
-
-
-class WandbTracker(Tracker):
-    """One W&B run per Hydra job (multirun jobs must not merge), grouped by experiment."""
-
-    _SAMPLE_COLUMNS = ("task_id", "split", "status", "passed", "completion", "detail", "completion_tokens")
-
-    def __init__(self, project: str, entity: str | None, mode: str, name: str, group: str, tags: list[str],
-                 config: Mapping[str, Any], directory: Path) -> None:
-        import wandb
-
-        self._wandb = wandb
-        directory.mkdir(parents=True, exist_ok=True)
-        self._run = wandb.init(project=project, entity=entity, mode=mode, name=name, group=group, tags=tags,
-                               config=dict(config), dir=str(directory), reinit="finish_previous")
-
-    def log(self, metrics: Mapping[str, Any]) -> None:
-        flat: dict[str, Any] = {}
-        _flatten("", metrics, flat)
-        self._run.log({k: v for k, v in flat.items() if isinstance(v, (int, float))})
-
-    def log_samples(self, name: str, records: list[Mapping[str, Any]]) -> None:
-        table = self._wandb.Table(columns=list(self._SAMPLE_COLUMNS))
-        for record in records:
-            table.add_data(*(record.get(column) for column in self._SAMPLE_COLUMNS))
-        self._run.log({f"samples/{name}": table})
-
-    def summary(self, values: Mapping[str, Any]) -> None:
-        flat: dict[str, Any] = {}
-        _flatten("", values, flat)
-        self._run.summary.update(flat)
-
-    def finish(self) -> None:
-        self._run.finish()

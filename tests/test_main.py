@@ -80,7 +80,8 @@ def test_baseline_run_writes_results_and_reruns_from_cache(tmp_path: Path) -> No
     assert {"mean", "ci_low", "ci_high"} <= set(metrics["evaluation"]["accuracy"])
     splits = json.loads((run / "splits.json").read_text())
     assert samples[0]["task_id"] in splits["test"] and not set(splits["test"]) & set(splits["train"])
-    assert "student (tiny)" in first.stdout  # the summary table
+    assert [row["arm"] for row in metrics["rows"]] == ["student"]  # the role: arm names never embed the model
+    assert "(student=tiny)" in first.stdout  # the model is named beside the summary table instead
 
     run_bench(tmp_path, *FAST, "experiment=t")
     metrics = json.loads((run / "metrics.json").read_text())

@@ -1,4 +1,5 @@
-"""Run store atomicity and the W&B tracker in offline mode."""
+"""Run store atomicity, long-format results, run artifacts, and the W&B runs real jobs write (offline, read back
+from the run's own transaction log by tests/wandb_offline.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
+from compose import compose_config, isolated, needs_data, only_run_folder
+from scripted_server import ScriptedServer
+from wandb_offline import read_runs
 
-from bench.tracking import RunStore, WandbTracker, atomic_write_text, read_jsonl
+from bench.__main__ import execute
+from bench.result_records import COST_FIELDS, ResultRecord, RunFacts, result_records
+from bench.run_artifacts import report_artifact, run_artifacts
+from bench.tracking import RunStore, atomic_write_text, read_jsonl
+from bench.wandb_tracker import WandbTracker, wandb_run_id
 
 
 def test_atomic_write_leaves_no_temp_files_and_keeps_old_content_on_failure(tmp_path: Path) -> None:
@@ -44,14 +52,201 @@ def test_read_jsonl_names_the_bad_line(tmp_path: Path) -> None:
         read_jsonl(path)
 
 
-def test_wandb_offline_run_logs_metrics_and_samples(tmp_path: Path, monkeypatch) -> None:
+FACTS = RunFacts(experiment="h2h", task="gsm8k", method="rpkd", student="smollm2", teacher="smollm2", seed=0)
+OLD_ROW = {"arm": "no_train", "n": 50, "accuracy": 0.2, "ci_low": 0.1, "ci_high": 0.3, "interval": "wilson"}
+OLD_PAIRED = {"arm": "gt_finetune", "n": 50, "accuracy": 0.3, "ci_low": 0.2, "ci_high": 0.4, "interval": "wilson",
+              "diff": 0.1, "mcnemar_p": 0.04, "bootstrap_p": 0.05}
+COST = {"teacher_prompt_tokens": 1200, "teacher_completion_tokens": 300, "teacher_usd": 0.25,
+        "teacher_forward_tokens": 0, "teacher_cache_bytes": 0, "train_steps": 0, "train_s": 0.0,
+        "eval_completion_tokens": 900, "eval_s": 12.5, "stopped": None}
+COMPARE = {"task": "gsm8k", "method": "compare", "seed": 3, "student_name": "tiny", "teacher_name": "gpt4o", "rows": [
+    {"arm": "student", "label": "student", "family": "baseline", "n": 3, "accuracy": 0.0, "ci_low": 0.0,
+     "ci_high": 0.56, "interval": "wilson", "cost": {**COST, "teacher_usd": 0.0}, "losses": None},
+    {"arm": "cd", "label": "CD prompt", "family": "cd", "n": 3, "accuracy": 1 / 3, "ci_low": 0.06, "ci_high": 0.79,
+     "interval": "wilson", "diff": 1 / 3, "mcnemar_p": 0.5, "bootstrap_p": 0.3, "cost": COST, "losses": None},
+    {"arm": "rpkd/reference/teacher", "label": "RP-KD teacher", "family": "rpkd", "n": 3, "accuracy": 2 / 3,
+     "ci_low": 0.2, "ci_high": 0.94, "interval": "wilson", "diff": 2 / 3, "mcnemar_p": None, "bootstrap_p": 0.1,
+     "cost": {**COST, "train_steps": 6, "train_s": 3.5}, "losses": "artifacts/rpkd/reference/teacher/losses.jsonl"},
+]}
+
+
+def test_old_and_compare_rows_become_the_same_long_records() -> None:
+    old = result_records({"rows": [OLD_ROW, OLD_PAIRED]}, FACTS)
+    assert [(r.arm, r.label, r.method, r.seed, r.delta, r.p_value) for r in old] == [
+        ("no_train", "no_train", "rpkd", 0, None, None), ("gt_finetune", "gt_finetune", "rpkd", 0, 0.1, 0.04)]
+    assert not old[0].has_cost and old[1].metric_keys() == {
+        "eval/gt_finetune/accuracy": 0.3, "eval/gt_finetune/ci_low": 0.2, "eval/gt_finetune/ci_high": 0.4,
+        "eval/gt_finetune/n": 50, "eval/gt_finetune/delta": 0.1, "eval/gt_finetune/p_value": 0.04}
+    new = result_records(COMPARE, FACTS)
+    # metrics.json's own task, method, seed and model names win over the config's
+    assert {(r.method, r.seed, r.student, r.teacher, r.experiment) for r in new} == {
+        ("compare", 3, "tiny", "gpt4o", "h2h")}
+    assert [(r.arm, r.label, r.family) for r in new] == [("student", "student", "baseline"), ("cd", "CD prompt", "cd"),
+                                                         ("rpkd/reference/teacher", "RP-KD teacher", "rpkd")]
+    assert new[2].p_value == 0.1  # no McNemar p recorded: the paired bootstrap's
+    keys = new[2].metric_keys()
+    assert keys["eval/rpkd/reference/teacher/accuracy"] == 2 / 3 and keys["cost/rpkd/reference/teacher/train_steps"] == 6
+    assert {key.rsplit("/", 1)[1] for key in keys if key.startswith("cost/")} == set(COST_FIELDS)
+    assert ResultRecord.columns()[:15] == ("experiment", "task", "student", "teacher", "method", "arm", "label",
+                                           "family", "seed", "n", "accuracy", "ci_low", "ci_high", "delta", "p_value")
+    assert set(COST_FIELDS) <= set(ResultRecord.columns())
+    with pytest.raises(ValueError, match="ambiguous"):
+        result_records({"rows": [{**OLD_ROW, "arm": "rpkd//teacher"}]}, FACTS)
+
+
+def _touch(path: Path, text: str = "x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_run_artifacts_find_metrics_prompt_files_and_every_adapter(tmp_path: Path) -> None:
+    run = tmp_path / "results" / "h2h" / "run"
+    for name in ("metrics.json", "config.yaml", "final_prompt.txt", "candidate_rules.jsonl",
+                 "artifacts/teacher/adapter/adapter_config.json", "artifacts/teacher/adapter/adapter_model.safetensors",
+                 "artifacts/rpkd/reference/teacher/adapter/adapter_config.json",
+                 "artifacts/teacher/checkpoint/state.pt", "wandb/offline-run-1/files/final_prompt.txt"):
+        _touch(run / name)
+    specs = {spec.name: spec for spec in run_artifacts(run, "abc")}
+    assert set(specs) == {"metrics-abc", "prompt-abc", "adapter-abc-teacher", "adapter-abc-rpkd_reference_teacher"}
+    assert [name for name, _ in specs["metrics-abc"].files] == ["metrics.json", "config.yaml"]
+    assert [name for name, _ in specs["prompt-abc"].files] == ["final_prompt.txt", "candidate_rules.jsonl"]
+    assert {name for name, _ in specs["adapter-abc-teacher"].files} == {"adapter_config.json",
+                                                                       "adapter_model.safetensors"}
+    assert specs["adapter-abc-teacher"].type == "lora_adapter"
+
+
+def test_report_artifact_takes_only_its_own_experiments_tables(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    for experiment in ("cd", "cd_smollm2"):
+        (results / experiment).mkdir(parents=True)
+    for name in ("cd.md", "cd.tex", "cd_accuracy.png", "cd_smollm2.md", "cdx.md", "cd.json"):
+        _touch(results / "tables" / name)
+    spec = report_artifact(results / "tables", "cd", results)
+    assert spec is not None and spec.name == "tables-cd" and spec.type == "report"
+    assert [name for name, _ in spec.files] == ["cd.md", "cd.tex", "cd_accuracy.png"]
+    assert report_artifact(results / "tables", "other", results) is None
+
+
+def test_wandb_run_id_is_a_function_of_the_run_folder(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    assert wandb_run_id(results / "e" / "run-1", results) == wandb_run_id(results / "e" / "run-1", results)
+    assert len({wandb_run_id(results / e / r, results) for e in ("e", "f") for r in ("run-1", "run-2")}) == 4
+
+
+def test_tracker_logs_long_results_own_step_axes_and_artifacts(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
-    tracker = WandbTracker(project="bench-test", entity=None, mode="offline", name="job", group="g", tags=["t"],
-                           config={"task": {"name": "gsm8k"}}, directory=tmp_path)
-    tracker.log({"student": {"accuracy": {"mean": 0.5}, "n": 4}})
-    tracker.log_samples("student", [{"task_id": "a", "status": "passed", "passed": True}])
-    tracker.summary({"rows": {"student": {"accuracy": 0.5}}})
+    tracker = WandbTracker(project="bench-test", entity=None, mode="offline", run_id="abc123", name="job",
+                           group="h2h", job_type="compare", tags=["mine", "task:gsm8k"], config={"seed": 3},
+                           directory=tmp_path)
+    for arm in ("rpkd", "rpkd/reference/teacher"):  # one arm's name is a path prefix of the other's
+        for step in (1, 2, 3):
+            tracker.log({f"train/{arm}": {"step": step, "lr": 0.1, "loss": 1.0 / step, "grad_norm": 2.0}})
+    tracker.log_samples("test_cd", [{"task_id": "a", "split": "test", "messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}], "reference": "4",
+        "extracted": {"strict": None, "flexible": "4"}, "status": "passed", "passed": True, "completion": "4"}])
+    tracker.log_results(result_records(COMPARE, FACTS))
+    _touch(tmp_path / "metrics.json", "{}")
+    tracker.log_artifacts(run_artifacts(tmp_path, "abc123"))
     tracker.finish()
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    assert any(runs[0].rglob("*.wandb"))
+
+    (run,) = read_runs(tmp_path / "wandb")
+    assert (run.run_id, run.run.run_group, run.run.job_type, run.exit_code) == ("abc123", "h2h", "compare", 0)
+    for arm in ("rpkd", "rpkd/reference/teacher"):
+        for field in ("lr", "loss", "grad_norm"):
+            assert run.metrics[f"train/{arm}/{field}"].step_metric == f"train/{arm}/step"
+    assert not any(metric.glob_name for metric in run.metrics.values())  # exact names: no prefix-glob overlap
+    steps = [row["train/rpkd/reference/teacher/step"] for row in run.history if "train/rpkd/reference/teacher/step" in row]
+    assert steps == [1, 2, 3]
+    assert run.summary["eval/rpkd/reference/teacher/accuracy"] == pytest.approx(2 / 3)
+    assert run.summary["eval/cd/p_value"] == 0.5 and run.summary["cost/cd/teacher_usd"] == 0.25
+    assert "eval/student/delta" not in run.summary
+    rows = run.table("results")
+    assert [row["arm"] for row in rows] == ["student", "cd", "rpkd/reference/teacher"]
+    assert rows[2]["train_steps"] == 6 and rows[2]["seed"] == 3 and rows[1]["label"] == "CD prompt"
+    assert list(rows[0]) == list(ResultRecord.columns())
+    (sample,) = run.table("samples/test_cd")
+    assert sample["prompt"] == "[system]\nBe brief.\n\n[user]\n2+2?"
+    assert (sample["reference"], sample["extracted"], sample["status"], sample["passed"]) == (
+        "4", "strict: None; flexible: 4", "passed", True)
+    assert run.artifact_files("metrics-abc123") == {"metrics.json"}
+
+
+def _runs(folder: Path):
+    runs = read_runs(folder / "wandb")
+    assert runs and {run.run_id for run in runs} == {wandb_run_id(folder, folder.parent.parent)}
+    return runs
+
+
+WANDB = ["logger=wandb", "logger.mode=offline", "logger.tags=[mine]"]
+
+
+@needs_data
+def test_a_rerun_resumes_the_same_wandb_run_with_stable_keys_table_and_artifacts(tmp_path: Path) -> None:
+    config = compose_config(["student=tiny", "task=gsm8k", "task.limit=2", "task.max_new_tokens=4", *WANDB,
+                             *isolated(tmp_path, "wb")])
+    metrics = execute(config, progress=False)
+    assert [row["arm"] for row in metrics["rows"]] == ["student"]  # the role, not "student (tiny)"
+    execute(config, progress=False)
+    folder = only_run_folder(tmp_path, "wb")
+    runs = _runs(folder)
+    assert len(runs) == 2  # two offline folders (one per invocation), one W&B run id: resumed, not duplicated
+    run = runs[-1]
+    assert (run.run.run_group, run.run.job_type, run.run.display_name) == ("wb", "baseline", folder.name)
+    assert {"mine", "task:gsm8k", "student:tiny", "arm:student"} <= set(run.run.tags)
+    assert not any(tag.startswith("teacher:") for tag in run.run.tags)  # baseline uses no teacher
+    assert run.summary["eval/student/n"] == 2
+    assert run.summary["eval/student/accuracy"] == metrics["rows"][0]["accuracy"]
+    assert {"eval/student/ci_low", "eval/student/ci_high"} <= set(run.summary)
+    (row,) = run.table("results")
+    assert (row["experiment"], row["task"], row["student"], row["teacher"], row["method"], row["arm"], row["seed"],
+            row["n"]) == ("wb", "gsm8k", "tiny", None, "baseline", "student", 0, 2)
+    samples = run.table("samples/student")
+    assert len(samples) == 2 and all(s["prompt"].startswith("[") and s["reference"] for s in samples)
+    key = wandb_run_id(folder, tmp_path / "results")
+    assert run.artifact_files(f"metrics-{key}") == {"metrics.json", "config.yaml", "splits.json"}
+    assert {"wb.md", "wb.tex"} <= run.artifact_files("tables-wb")
+
+
+@needs_data
+def test_rpkd_job_plots_each_arm_on_its_own_step_axis_and_keeps_each_adapter(tmp_path: Path) -> None:
+    execute(compose_config([
+        "method=rpkd", "student=tiny", "teacher=tiny", "task=gsm8k", "task.limit=2", "task.max_new_tokens=4",
+        "method.arms=[no_train,gt_finetune,ground_truth]", "method.train_limit=2", "method.train.epochs=1",
+        "method.train.max_length=160", *WANDB, *isolated(tmp_path, "wb")]), progress=False)
+    folder = only_run_folder(tmp_path, "wb")
+    (run,) = _runs(folder)
+    assert run.run.job_type == "rpkd" and {"teacher:tiny", "arm:gt_finetune", "arm:ground_truth"} <= set(run.run.tags)
+    for arm in ("gt_finetune", "ground_truth"):
+        assert {name for name, metric in run.metrics.items() if metric.step_metric == f"train/{arm}/step"} == {
+            f"train/{arm}/{field}" for field in ("lr", "loss", "ce", "kl", "grad_norm")}
+        steps = [row[f"train/{arm}/step"] for row in run.history if f"train/{arm}/step" in row]
+        assert steps == [1, 2]  # its own axis restarts at 1; W&B's global step does not
+        norms = [row[f"train/{arm}/grad_norm"] for row in run.history if f"train/{arm}/grad_norm" in row]
+        assert len(norms) == 2 and all(norm > 0 for norm in norms)
+    assert {"eval/no_train/accuracy", "eval/gt_finetune/delta", "eval/ground_truth/p_value"} <= set(run.summary)
+    assert [row["arm"] for row in run.table("results")] == ["no_train", "gt_finetune", "ground_truth"]
+    key = wandb_run_id(folder, tmp_path / "results")
+    for arm in ("gt_finetune", "ground_truth"):
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= run.artifact_files(f"adapter-{key}-{arm}")
+    assert all(a.type == "lora_adapter" for a in run.artifacts if a.name.startswith("adapter-"))
+
+
+GOOD_RULES = ("EXPLANATION: The student did not compute step by step.\nRULES:\n"
+              "- Write every intermediate calculation on its own line.\n")
+
+
+@needs_data
+def test_cd_job_keeps_its_final_prompt_and_candidate_rules(tmp_path: Path) -> None:
+    with ScriptedServer(reply=GOOD_RULES) as teacher:
+        execute(compose_config([
+            "method=cd", "student=tiny", "teacher=openai_compatible", f"teacher.base_url={teacher.base_url}",
+            "teacher.model_id=scripted-teacher", "task=gsm8k", "task.limit=2", "task.max_new_tokens=4",
+            "task.validation_size=2", "method.train_sample=2", "method.max_mistakes=2", "method.mistakes_per_call=2",
+            "method.calls_per_round=1", *WANDB, *isolated(tmp_path, "wb")]), progress=False)
+    folder = only_run_folder(tmp_path, "wb")
+    (run,) = _runs(folder)
+    key = wandb_run_id(folder, tmp_path / "results")
+    assert run.artifact_files(f"prompt-{key}") == {"final_prompt.txt", "candidate_rules.jsonl"}
+    assert {"teacher:local", "arm:base prompt", "arm:CD prompt"} <= set(run.run.tags)
+    assert {"eval/base prompt/accuracy", "eval/CD prompt/delta"} <= set(run.summary)

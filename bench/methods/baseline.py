@@ -1,5 +1,9 @@
 """`method=baseline`: one model, the task's configured prompt, the evaluation split. The reference every
-distillation arm is compared against."""
+distillation arm is compared against.
+
+Its arm is the role it evaluated (`student`), not the model's name: arm names are W&B keys and table pivots that
+must match across runs and methods; the model is in metrics.json's `models` (the report's models column).
+"""
 
 from __future__ import annotations
 
@@ -23,5 +27,4 @@ class Baseline(Method):
         examples = ctx.task.examples(split, limit=ctx.config.task.limit)
         result = ctx.evaluate(ctx.model(self.config.model), examples, split=split, name=self.config.model)
         return MethodResult(metrics={"evaluation": result.metrics, "split": split},
-                            rows=[summary_row(f"{self.config.model} ({ctx.model_config(self.config.model).name})",
-                                              result.metrics)])
+                            rows=[summary_row(self.config.model, result.metrics)])
