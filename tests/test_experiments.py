@@ -152,3 +152,17 @@ def test_rpkd_smollm2_keeps_its_cpu_recipe() -> None:
     train = method.train
     assert (train.optimizer, train.lr, train.scheduler, train.max_grad_norm) == ("adamw", 1e-4, "none", 1.0)
     assert (method.kl_direction, method.topk_tail) == ("forward", "renormalize")
+
+
+@pytest.mark.parametrize("preset", [p.stem for p in PRESETS if p.stem.startswith("compare_")])
+def test_compare_presets_build_their_study(preset: str) -> None:
+    """Each head-to-head preset builds its methods (fails on a bad family, signal or arm), seeds RP-KD's training
+    from the run's seed, and gives an API teacher only the signal that needs no logits."""
+    from bench.methods import make_method
+
+    config = compose_config([f"+experiments={preset}", "seed=2"])
+    study = make_method(config.method)
+    assert config.method.rpkd.train.seed == 2
+    assert study.rpkd and study.cd is not None
+    if config.teacher.backend != "hf":
+        assert [s.value for s in study.signals] == ["sequence"]
