@@ -31,7 +31,7 @@ class ArtifactSpec:
 
 def artifact_name(*parts: str) -> str:
     """W&B artifact names allow letters, digits, `-`, `_` and `.`; arms like `rpkd/reference/teacher` have `/`."""
-    return "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", part).strip("_") for part in parts)[:128]
+    return "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", part).strip("_") for part in parts)[:128]
 
 
 def _run_outputs(folder: Path, file_name: str) -> list[Path]:
@@ -42,8 +42,9 @@ def _run_outputs(folder: Path, file_name: str) -> list[Path]:
 def run_artifacts(folder: Path, key: str) -> list[ArtifactSpec]:
     """The run's metrics, CD prompt files (wherever the method put them) and one artifact per LoRA adapter.
 
-    `key` makes names unique per run (the W&B run id); an adapter is any `artifacts/<arm>/adapter` folder with
-    an adapter_config.json, its arm being the path between (so `compare`'s nested arms are found too).
+    `key` makes names unique per run (the W&B run id). An adapter is any `.../artifacts/<arm>/adapter` folder
+    with an adapter_config.json; it is named by its path without `artifacts`: RP-KD's `teacher`, or compare's
+    sub-run folder and arm, `rpkd-reference/teacher`.
     """
     specs = []
     run_files = tuple((name, folder / name) for name in RUN_FILES if (folder / name).is_file())
@@ -55,16 +56,15 @@ def run_artifacts(folder: Path, key: str) -> list[ArtifactSpec]:
     if prompt_files:
         specs.append(ArtifactSpec(artifact_name("prompt", key), "prompt", prompt_files,
                                   "CD's final prompt and every candidate rule with its validation evidence"))
-    artifacts = folder / "artifacts"
-    for config in _run_outputs(artifacts, "adapter_config.json") if artifacts.is_dir() else []:
+    for config in _run_outputs(folder, "adapter_config.json"):
         adapter = config.parent
-        if adapter.name != "adapter":
+        if adapter.name != "adapter" or "artifacts" not in adapter.relative_to(folder).parts:
             continue
-        arm = adapter.parent.relative_to(artifacts).as_posix()
+        arm = "/".join(part for part in adapter.parent.relative_to(folder).parts if part != "artifacts")
         files = tuple((path.relative_to(adapter).as_posix(), path) for path in sorted(adapter.rglob("*"))
                       if path.is_file())
         specs.append(ArtifactSpec(artifact_name("adapter", key, arm), "lora_adapter", files,
-                                  f"LoRA adapter of arm {arm}"))
+                                  f"LoRA adapter of arm {arm} ({adapter.relative_to(folder).as_posix()})"))
     return specs
 
 

@@ -105,12 +105,15 @@ def test_run_artifacts_find_metrics_prompt_files_and_every_adapter(tmp_path: Pat
     for name in ("metrics.json", "config.yaml", "final_prompt.txt", "candidate_rules.jsonl",
                  "artifacts/teacher/adapter/adapter_config.json", "artifacts/teacher/adapter/adapter_model.safetensors",
                  "artifacts/rpkd/reference/teacher/adapter/adapter_config.json",
+                 "rpkd-published/artifacts/ground_truth/adapter/adapter_config.json", "cd/final_prompt.txt",
                  "artifacts/teacher/checkpoint/state.pt", "wandb/offline-run-1/files/final_prompt.txt"):
         _touch(run / name)
     specs = {spec.name: spec for spec in run_artifacts(run, "abc")}
-    assert set(specs) == {"metrics-abc", "prompt-abc", "adapter-abc-teacher", "adapter-abc-rpkd_reference_teacher"}
+    assert set(specs) == {"metrics-abc", "prompt-abc", "adapter-abc-teacher", "adapter-abc-rpkd_reference_teacher",
+                          "adapter-abc-rpkd-published_ground_truth"}  # compare's sub-run adapters too
     assert [name for name, _ in specs["metrics-abc"].files] == ["metrics.json", "config.yaml"]
-    assert [name for name, _ in specs["prompt-abc"].files] == ["final_prompt.txt", "candidate_rules.jsonl"]
+    assert [name for name, _ in specs["prompt-abc"].files] == ["cd/final_prompt.txt", "final_prompt.txt",
+                                                               "candidate_rules.jsonl"]
     assert {name for name, _ in specs["adapter-abc-teacher"].files} == {"adapter_config.json",
                                                                        "adapter_model.safetensors"}
     assert specs["adapter-abc-teacher"].type == "lora_adapter"
@@ -250,3 +253,29 @@ def test_cd_job_keeps_its_final_prompt_and_candidate_rules(tmp_path: Path) -> No
     assert run.artifact_files(f"prompt-{key}") == {"final_prompt.txt", "candidate_rules.jsonl"}
     assert {"teacher:local", "arm:base prompt", "arm:CD prompt"} <= set(run.run.tags)
     assert {"eval/base prompt/accuracy", "eval/CD prompt/delta"} <= set(run.summary)
+
+
+@needs_data
+def test_compare_job_logs_every_arm_long_and_keeps_its_sub_runs_files(tmp_path: Path) -> None:
+    metrics = execute(compose_config([
+        "method=compare", "student=tiny", "teacher=tiny", "task=gsm8k", "task.limit=2", "task.max_new_tokens=4",
+        "task.validation_size=2", "method.cd.train_sample=2", "method.cd.max_mistakes=2",
+        "method.cd.mistakes_per_call=2", "method.cd.malformed_retries=0", "method.cd.teacher_max_new_tokens=4",
+        "method.rpkd.arms=[gt_finetune,ground_truth]", "method.rpkd.train_limit=2", "method.rpkd.train.epochs=1",
+        "method.rpkd.train.max_length=128", "method.signals=[reference]", *WANDB, *isolated(tmp_path, "wb")]),
+        progress=False)
+    folder = only_run_folder(tmp_path, "wb")
+    (run,) = _runs(folder)
+    arms = [row["arm"] for row in metrics["rows"]]
+    assert arms == ["student", "cd", "gt_finetune", "rpkd/reference/ground_truth"]
+    rows = run.table("results")
+    assert [row["arm"] for row in rows] == arms and all(row["method"] == "compare" for row in rows)
+    assert rows[3]["label"] == "RP-KD Ground Truth (reference)" and rows[3]["family"] == "rpkd"
+    assert rows[3]["train_steps"] == 2 and rows[3]["teacher_forward_tokens"] > 0
+    assert run.summary["eval/rpkd/reference/ground_truth/accuracy"] == metrics["rows"][3]["accuracy"]
+    assert run.summary["cost/cd/teacher_prompt_tokens"] > 0 and "eval/cd/p_value" in run.summary
+    assert run.metrics["train/rpkd-reference/ground_truth/loss"].step_metric == "train/rpkd-reference/ground_truth/step"
+    key = wandb_run_id(folder, tmp_path / "results")
+    assert {"cd/final_prompt.txt", "cd/candidate_rules.jsonl"} <= run.artifact_files(f"prompt-{key}")
+    for arm in ("gt_finetune", "ground_truth"):
+        assert "adapter_config.json" in run.artifact_files(f"adapter-{key}-rpkd-reference_{arm}")
