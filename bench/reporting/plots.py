@@ -18,7 +18,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from bench.reporting.cells import Aggregate, ColumnKey, Grid, RowKey, grid
 from bench.reporting.provenance import task_name
@@ -89,7 +89,8 @@ def accuracy_plot(experiment: str, layout: Grid) -> Plot:
                         markersize=9, markeredgewidth=1.5, linestyle="none", zorder=5)
         ax.set_title(panel_title(column, several_students))
         ax.set_xlabel("accuracy (%)")
-        ax.set_xlim(left=0)
+        right = max(ax.get_xlim()[1], 1.0)
+        ax.set_xlim(-0.03 * right, right)  # a margin keeps markers at 0% whole
         ax.grid(axis="x", alpha=0.3)
     for index in range(len(layout.columns), nrows * ncols):
         axes[index // ncols][index % ncols].set_visible(False)
@@ -167,9 +168,9 @@ def tradeoff_plot(experiment: str, layout: Grid) -> Plot | None:
         else:
             main.set_xlim(0, 1.12 * max(c for k, c in costs.items() if k[1] == column and c is not None))
         main.xaxis.set_major_formatter(FuncFormatter(lambda value, _: axis_tokens(value)))
-        low, high = strip.get_ylim()  # ± sd whiskers may reach past what an accuracy can be
-        strip.set_ylim(max(low, 0.0), min(max(high, 1.0), 100.0))
-        main.set_xlabel("teacher tokens (prompt + completion + forward)")
+        low, high = strip.get_ylim()  # ± sd whiskers may reach past what an accuracy can be; a margin keeps
+        strip.set_ylim(max(low, -3.0), min(max(high, 1.0), 103.0))  # markers at 0% or 100% whole
+        main.set_xlabel("teacher tokens\n(prompt + completion + forward)")
         main.grid(alpha=0.3)
         main.set_title(panel_title(column, several_students), loc="left")
     handles = [Line2D([], [], color=colours[row], marker=FAMILY_MARKERS[row.family], linestyle="none",
@@ -266,6 +267,7 @@ def training_plot(experiment: str, layout: Grid) -> Plot | None:
             ax.plot(steps, _smooth(losses), color=colour, linestyle=style, linewidth=1.6)
         ax.set_title(row.title, fontsize=10)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
     for index in range(len(curves), nrows * ncols):
