@@ -22,7 +22,7 @@ from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from bench.config import LoRAConfig, TrainConfig
-from bench.training.kd import IGNORE, AlignedSequence, answer_logits, check_kd_options, kd_loss
+from bench.training.kd import IGNORE, AlignedSequence, answer_logits, check_kd_options, kd_loss, right_padded
 from bench.training.priming import ARMS
 from bench.training.published import PublishedItem, published_batch_loss
 from bench.training.teacher_logits import FullLogitsStore, TopKCache
@@ -99,15 +99,10 @@ def lora_for_arm(lora: LoRAConfig, arm: str, dropout_by_arm: Mapping[str, float]
 
 
 def collate(items: list[TrainItem], pad_token_id: int) -> dict[str, torch.Tensor | list[int]]:
-    width = max(len(item.sequence.input_ids) for item in items)
-    input_ids = torch.full((len(items), width), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(items), width), dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    input_ids, attention = right_padded([item.sequence.input_ids for item in items], pad_token_id)
+    labels = torch.full(input_ids.shape, IGNORE, dtype=torch.long)
     for row, item in enumerate(items):
-        length = len(item.sequence.input_ids)
-        input_ids[row, :length] = torch.tensor(item.sequence.input_ids)
-        attention[row, :length] = 1
-        labels[row, :length] = torch.tensor(item.sequence.labels())
+        labels[row, :len(item.sequence.input_ids)] = torch.tensor(item.sequence.labels())
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
             "starts": [item.sequence.answer_start for item in items],
             "lengths": [item.sequence.answer_length for item in items]}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.training.kd import published_kd_loss
+from bench.training.kd import published_kd_loss, right_padded
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,7 @@ def published_batch_loss(model, items: list[PublishedItem], teacher, temperature
     first n positions, so padding never enters a loss. Returns (loss, ce, kl) with kl without the T^2 factor.
     """
     device = next(model.parameters()).device
-    width = max(len(item.student_ids) for item in items)
-    input_ids = torch.full((len(items), width), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(items), width), dtype=torch.long)
-    for row, item in enumerate(items):
-        input_ids[row, :len(item.student_ids)] = torch.tensor(item.student_ids)
-        attention[row, :len(item.student_ids)] = 1
+    input_ids, attention = right_padded([item.student_ids for item in items], pad_token_id)
     logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
     losses, ces, kds = [], [], []
     for row, item in enumerate(items):

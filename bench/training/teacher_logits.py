@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bench.training.kd import AlignedSequence, answer_logits, teacher_topk
+from bench.training.kd import AlignedSequence, answer_logits, right_padded, teacher_topk
 
 
 class TopKCache:
@@ -76,12 +76,7 @@ def compute_topk(model, sequences: dict[str, AlignedSequence], k: int, batch_siz
     entries: dict[str, tuple[torch.Tensor, ...]] = {}
     for start in tqdm(range(0, len(ids), batch_size), desc="teacher top-k", disable=not progress):
         batch = [sequences[i] for i in ids[start:start + batch_size]]
-        width = max(len(s.input_ids) for s in batch)
-        input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, sequence in enumerate(batch):
-            input_ids[row, :len(sequence.input_ids)] = torch.tensor(sequence.input_ids)
-            attention[row, :len(sequence.input_ids)] = 1
+        input_ids, attention = right_padded([s.input_ids for s in batch], pad_token_id)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
         lengths = [s.answer_length for s in batch]
         rows = answer_logits(logits, [s.answer_start for s in batch], lengths)
@@ -150,13 +145,7 @@ def compute_full_logits(model, sequences: dict[str, tuple[Sequence[int], int]], 
     todo = [example_id for example_id in sequences if example_id not in store]
     for start in tqdm(range(0, len(todo), batch_size), desc="teacher logits", disable=not progress):
         ids = todo[start:start + batch_size]
-        batch = [list(sequences[i][0]) for i in ids]
-        width = max(len(tokens) for tokens in batch)
-        input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, tokens in enumerate(batch):  # right padding: a causal model's real positions never see the pad
-            input_ids[row, :len(tokens)] = torch.tensor(tokens)
-            attention[row, :len(tokens)] = 1
+        input_ids, attention = right_padded([list(sequences[i][0]) for i in ids], pad_token_id)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
         for row, example_id in enumerate(ids):
             store.put(example_id, logits[row, :sequences[example_id][1]])
