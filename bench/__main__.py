@@ -20,10 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
-from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.plugins import Plugins
-from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, OmegaConf
 
 from bench.config import register_configs
@@ -37,14 +34,6 @@ logger = logging.getLogger("bench")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Keys that change where or how a run is logged but not what it computes: excluded from the run's identity.
 _NOT_IDENTITY = ("logger", "run_name", "resume", "results_dir", "experiment", "cache")
-
-
-class ExperimentsSearchPath(SearchPathPlugin):
-    """Makes the top-level experiments/ folder a config group: `python -m bench +experiments=<preset>`."""
-
-    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        if (REPO_ROOT / "experiments").is_dir():
-            search_path.append(provider="bench-experiments", path=f"file://{REPO_ROOT}")
 
 
 def config_identity(config: DictConfig) -> str:
@@ -106,10 +95,13 @@ def execute(config: DictConfig, progress: bool = True) -> dict[str, Any]:
     from bench.tracking import RunStore
 
     method = make_method(config.method)
+    check_run_config(config)
     name = run_name(config, method.roles)
     store = RunStore(Path(config.results_dir) / config.experiment / name)
     if not config.resume:
-        store.clear_phases()
+        store.reset()  # a fresh start is fresh: no old checkpoint, cache of the teacher or losses is reused
+    else:
+        check_same_config(store, config)
     store.write_text("config.yaml", OmegaConf.to_yaml(config, resolve=True))
     task_config = OmegaConf.to_object(config.task)
     task = make_task(task_config, make_checker(_task_kind(config.task.name), OmegaConf.to_object(config.scoring)))
@@ -145,6 +137,42 @@ def execute(config: DictConfig, progress: bool = True) -> dict[str, Any]:
           f"{format_table(result.rows)}")
     print(f"tables of experiment {config.experiment!r}: {', '.join(str(path) for path in tables)}")
     return metrics
+
+
+def check_run_config(config: DictConfig) -> None:
+    """Values no run can use, refused before any model is loaded or any teacher call is paid for."""
+    task = config.task
+    for key in ("limit", "validation_size", "test_size"):
+        value = task.get(key)
+        if value is not None and value < (0 if key == "validation_size" else 1):
+            raise ValueError(f"task.{key}={value} is impossible; use a positive number (or null for all)")
+    if task.samples < 1:
+        raise ValueError(f"task.samples={task.samples} is impossible; use 1 (greedy) or more (pass@k)")
+    if task.max_new_tokens < 1:
+        raise ValueError(f"task.max_new_tokens={task.max_new_tokens} is impossible; use a positive number")
+
+
+def check_same_config(store: RunStore, config: DictConfig) -> None:
+    """A run folder is resumed only by the config that made it: with a fixed run_name, another config would reuse
+    its adapters and phases while config.yaml claimed otherwise."""
+    stored = store.path("config.yaml")
+    if not stored.exists():
+        return
+    previous = OmegaConf.load(stored)
+    if config_identity(previous) != config_identity(config):
+        changed = _changed_keys(OmegaConf.to_container(previous, resolve=True),
+                                OmegaConf.to_container(config, resolve=True))
+        raise ValueError(f"run folder {store.root} was made by a different config (changed: "
+                         f"{', '.join(changed[:8]) or 'see config.yaml'}); resume=false starts it afresh, or choose "
+                         "another run_name")
+
+
+def _changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = sorted(set(before) | set(after))
+        return [change for key in keys if f"{prefix}{key}".split(".")[0] not in _NOT_IDENTITY
+                for change in _changed_keys(before.get(key), after.get(key), f"{prefix}{key}.")]
+    return [] if before == after else [prefix.rstrip(".")]
 
 
 def run_facts(config: DictConfig, roles: tuple[str, ...]) -> RunFacts:
@@ -228,10 +256,25 @@ def expand_method_shorthand(overrides: list[str]) -> list[str]:
     return expanded
 
 
+PRESETS_DIR = REPO_ROOT / "conf" / "experiments"
+
+
+def check_preset_spelling(overrides: list[str]) -> None:
+    """`experiment=<preset>` only names the results folder, so it would silently run the default method: when the
+    name is a preset and no `+experiments=` loads one, stop and say how to load it."""
+    if any(o.lstrip("+~").startswith("experiments=") for o in overrides):
+        return
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        if key == "experiment" and (PRESETS_DIR / f"{value}.yaml").is_file():
+            raise SystemExit(f"error: `experiment={value}` only names the results folder; to run the preset, write "
+                             f"`+experiments={value}` (it sets experiment={value} itself)")
+
+
 def entry() -> None:
+    check_preset_spelling(sys.argv[1:])
     sys.argv[1:] = expand_method_shorthand(sys.argv[1:])
     register_configs()
-    Plugins.instance().register(ExperimentsSearchPath)
     main()
 
 

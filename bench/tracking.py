@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -96,6 +97,14 @@ class RunStore:
     def clear_phases(self) -> None:
         for marker in self.path("phases").glob("*.done"):
             marker.unlink()
+
+    def reset(self) -> None:
+        """Empty the folder (phases, artifacts, checkpoints, samples, metrics) for a fresh start."""
+        for entry in self.root.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
 
 class Tracker:

@@ -14,8 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class ScriptedServer:
     def __init__(self, statuses: list[int] | None = None, reply: str | Callable[[dict], str] = "The answer is 4.",
-                 prompt_tokens: int = 11, completion_tokens: int = 5) -> None:
+                 prompt_tokens: int = 11, completion_tokens: int = 5, choices: int | None = None) -> None:
         self.statuses = list(statuses or [])
+        self.choices = choices  # None: as many as the request's n; a number (0 = none) fakes a broken server
         self.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens}
         self.reply = reply
@@ -34,7 +35,8 @@ class ScriptedServer:
                     payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                "choices": [{"index": i, "finish_reason": "stop",
                                             "message": {"role": "assistant", "content": owner.answer(body)}}
-                                           for i in range(body.get("n", 1))],
+                                           for i in range(body.get("n", 1) if owner.choices is None
+                                                          else owner.choices)],
                                "usage": owner.usage}
                 else:
                     payload = {"error": {"message": f"scripted status {status}", "type": "test", "code": status}}

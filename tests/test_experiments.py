@@ -1,4 +1,4 @@
-"""Every preset in experiments/ composes, alone and with the command its header documents."""
+"""Every preset in conf/experiments/ composes, alone and with the command its header documents."""
 
 from __future__ import annotations
 
@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 from compose import compose_config, needs_data
-from hydra.core.plugins import Plugins
 from omegaconf import OmegaConf
 
-from bench.__main__ import ExperimentsSearchPath
 from bench.config import TaskConfig
 from bench.scoring.math import MathChecker
 from bench.tasks import make_task
 
-PRESETS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "conf" / "experiments").glob("*.yaml"))
 
 
 def documented_overrides(preset: Path) -> list[list[str]]:
@@ -31,11 +29,6 @@ def documented_overrides(preset: Path) -> list[list[str]]:
         values = value.split(",") if "," in value and not value.startswith("[") else [value]
         jobs = [job + [f"{key}={v}"] for job in jobs for v in values]
     return jobs
-
-
-@pytest.fixture(autouse=True)
-def experiments_on_search_path():
-    Plugins.instance().register(ExperimentsSearchPath)
 
 
 def test_there_are_presets() -> None:

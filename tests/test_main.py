@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ from compose import compose_config, needs_data
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from bench.__main__ import config_identity, expand_method_shorthand, format_table
+from bench.__main__ import check_preset_spelling, config_identity, expand_method_shorthand, format_table
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["student=tiny", "teacher=tiny", "task.limit=4", "task.max_new_tokens=8", "logger=none"]
@@ -154,3 +156,70 @@ def test_sampling_without_temperature_fails_before_any_work(tmp_path: Path) -> N
     assert result.returncode != 0
     assert "task.temperature" in result.stderr
     assert not list((tmp_path / "results").rglob("samples"))
+
+
+def test_help_answers_and_lists_each_group_once(tmp_path: Path) -> None:
+    """`--help` used to scan the whole repository (the presets' search path was its root), .venv/ and results/
+    included: minutes on a checkout with its virtual environment. The presets are now a config group in conf/."""
+    heavy = REPO / "results" / "_help_probe"  # where the old search path looked: it listed this as a group
+    for index in range(200):
+        (heavy / f"d{index}").mkdir(parents=True, exist_ok=True)
+    (heavy / "stray.yaml").write_text("x: 1\n")
+    try:
+        done = subprocess.run([sys.executable, "-m", "bench", "--help"], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    finally:
+        shutil.rmtree(heavy, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    section = done.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    groups = [line.split(":")[0] for line in section.splitlines() if re.match(r"^[a-z_/]+: ", line)]
+    assert "experiments" in groups and "method" in groups
+    assert len(groups) == len(set(groups))
+    assert "_help_probe" not in done.stdout and not any(group.startswith("results") for group in groups)
+
+
+def test_experiment_named_like_a_preset_says_how_to_load_it() -> None:
+    with pytest.raises(SystemExit, match=r"\+experiments=cd_smollm2"):
+        check_preset_spelling(["experiment=cd_smollm2"])
+    check_preset_spelling(["experiment=my_study"])  # a plain results folder name is fine
+    check_preset_spelling(["+experiments=cd_smollm2", "experiment=cd_smollm2"])
+
+
+def _run_in_process(tmp_path: Path, *overrides: str) -> dict:
+    from bench.__main__ import execute
+
+    config = compose_config([*FAST, "experiment=fixed", "run_name=fixed", f"results_dir={tmp_path / 'results'}",
+                             f"cache.path={tmp_path / 'cache.sqlite'}", *overrides])
+    return execute(config, progress=False)
+
+
+@needs_data
+def test_resume_false_starts_afresh(tmp_path: Path) -> None:
+    """resume=false used to delete only the phase markers, so RP-KD found its old checkpoint and 'resumed'."""
+    _run_in_process(tmp_path)
+    folder = tmp_path / "results" / "fixed" / "fixed"
+    stale = folder / "artifacts" / "ground_truth" / "checkpoint"
+    stale.mkdir(parents=True)
+    (stale / "state.pt").write_text("from a killed run")
+    (folder / "phases").mkdir(exist_ok=True)
+    (folder / "phases" / "train_ground_truth.done").write_text("{}")
+    _run_in_process(tmp_path, "resume=false")
+    assert not (folder / "artifacts").exists() and not (folder / "phases" / "train_ground_truth.done").exists()
+    assert (folder / "metrics.json").exists()
+
+
+@needs_data
+def test_a_run_folder_refuses_another_config(tmp_path: Path) -> None:
+    """A fixed run_name used to reuse a folder (and its adapters) made by a different config."""
+    _run_in_process(tmp_path)
+    with pytest.raises(ValueError, match=r"different config \(changed: task.max_new_tokens\)"):
+        _run_in_process(tmp_path, "task.max_new_tokens=9")
+    _run_in_process(tmp_path, "task.max_new_tokens=9", "resume=false")  # starting afresh is allowed
+    _run_in_process(tmp_path, "task.max_new_tokens=9", "logger=none")  # and so is resuming with the same config
+
+
+@pytest.mark.parametrize("override", ["task.limit=0", "task.limit=-3", "task.samples=0", "task.max_new_tokens=0"])
+def test_impossible_values_fail_before_any_work(tmp_path: Path, override: str) -> None:
+    with pytest.raises(ValueError, match="impossible"):
+        _run_in_process(tmp_path, override)
+    assert not (tmp_path / "results").exists()  # no folder, no model loaded, no teacher call

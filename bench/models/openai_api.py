@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 
+class EmptyReplyError(RuntimeError):
+    """The server answered 200 but without the completions asked for."""
+
+
 class MissingAPIKeyError(RuntimeError):
     pass
 
@@ -106,7 +110,10 @@ class OpenAIChatModel:
         usage = response.usage
         prompt_tokens = usage.prompt_tokens if usage else 0
         completion_tokens = usage.completion_tokens if usage else 0
-        choices = sorted(response.choices, key=lambda choice: choice.index)
+        choices = sorted(response.choices or [], key=lambda choice: choice.index)
+        if len(choices) != params.n:  # raised, so never cached: a re-run asks again
+            raise EmptyReplyError(f"{self.model} answered with {len(choices)} choices for a request of n={params.n}; "
+                                  "a reply without its completions is an error, not a result")
         finish = "length" if any(c.finish_reason == "length" for c in choices) else "stop"
         return Completion(texts=tuple(c.message.content or "" for c in choices), prompt_tokens=prompt_tokens,
                           completion_tokens=completion_tokens, finish_reason=finish,

@@ -9,7 +9,7 @@ from scripted_server import ScriptedServer
 from bench.models.base import GenerationRequest, SamplingParams
 from bench.models.cache import CachedChatModel, GenerationCache
 from bench.models.cost import Price
-from bench.models.openai_api import MissingAPIKeyError, OpenAIChatModel
+from bench.models.openai_api import EmptyReplyError, MissingAPIKeyError, OpenAIChatModel
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -93,3 +93,16 @@ def test_missing_api_key_is_a_clear_error_before_any_call(monkeypatch) -> None:
     with pytest.raises(MissingAPIKeyError, match="MY_KEY"):
         OpenAIChatModel("llama", base_url="https://example.org/v1", api_key_env="MY_KEY")
     OpenAIChatModel("local", base_url="http://127.0.0.1:9/v1")  # local servers need no key
+
+
+def test_a_reply_without_choices_is_an_error_and_never_cached(tmp_path) -> None:
+    """It used to be cached as a completion whose .text raised IndexError on every later run, without a request."""
+    cache = GenerationCache(tmp_path / "cache.sqlite")
+    with ScriptedServer(choices=0) as server:
+        model = CachedChatModel(OpenAIChatModel("m", base_url=server.base_url, max_retries=0), cache)
+        with pytest.raises(EmptyReplyError, match="0 choices for a request of n=1"):
+            model.generate(_requests(1), progress=False)
+        assert len(cache) == 0
+        server.choices = None  # the server recovers: the same request is sent again, and answered
+        assert model.generate(_requests(1), progress=False)[0].text == "The answer is 4."
+        assert len(server.requests) == 2 and len(cache) == 1
