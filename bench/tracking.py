@@ -23,18 +23,36 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def process_umask() -> int:
+    """The process's umask, read without changing it (os.umask can only be read by setting it, racing threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file and rename it over `path`, with the mode a plain open() would give (0666 minus the
+    umask: colleagues on a shared cluster can read results; mkstemp alone would make every file 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temp, 0o666 & ~process_umask())
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

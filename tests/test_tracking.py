@@ -4,6 +4,8 @@ from the run's own transaction log by tests/wandb_offline.py)."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -279,3 +281,19 @@ def test_compare_job_logs_every_arm_long_and_keeps_its_sub_runs_files(tmp_path: 
     assert {"cd/final_prompt.txt", "cd/candidate_rules.jsonl"} <= run.artifact_files(f"prompt-{key}")
     for arm in ("gt_finetune", "ground_truth"):
         assert "adapter_config.json" in run.artifact_files(f"adapter-{key}-rpkd-reference_{arm}")
+
+
+def test_results_are_readable_by_colleagues_as_the_umask_allows(tmp_path: Path) -> None:
+    """Files were written 0600 (mkstemp's mode, carried over by the rename): a shared cluster's colleagues could
+    not read a run's results."""
+    from bench.tracking import RunStore
+
+    previous = os.umask(0o022)
+    try:
+        path = RunStore(tmp_path / "run").write_json("metrics.json", {"n": 1})
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        os.umask(0o077)  # a private umask is respected too
+        path = RunStore(tmp_path / "run").write_text("config.yaml", "x: 1\n")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(previous)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +22,7 @@ from bench.reporting.pivot import pivot_table
 from bench.reporting.plots import plots
 from bench.reporting.runs import Run, load_runs
 from bench.reporting.table import Table, to_latex, to_markdown
+from bench.tracking import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -43,22 +42,6 @@ def regeneration_lock(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Like `bench.tracking.atomic_write_text`, for figures too, and readable by all as the tables always were
-    (a temp file is created 0600, and the rename would carry that onto a file meant to be shared)."""
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def write_experiment(name: str, runs: list[Run], out_dir: Path) -> list[Path]:

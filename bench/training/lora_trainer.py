@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -106,6 +107,22 @@ def collate(items: list[TrainItem], pad_token_id: int) -> dict[str, torch.Tensor
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
             "starts": [item.sequence.answer_start for item in items],
             "lengths": [item.sequence.answer_length for item in items]}
+
+
+def recover_checkpoint(path: Path) -> None:
+    """Repair what a kill during `_save_checkpoint`'s swap can leave: `checkpoint.old` without `checkpoint` (killed
+    between the two renames: .old is the last complete checkpoint, put it back), both (killed before .old was
+    removed: drop it), and a half-written `checkpoint.tmp` (never complete until renamed: drop it)."""
+    old, temp = path.with_name(path.name + ".old"), path.with_name(path.name + ".tmp")
+    if old.exists():
+        if (path / "state.pt").exists():
+            shutil.rmtree(old)
+        else:
+            if path.exists():
+                shutil.rmtree(path)
+            old.replace(path)
+    if temp.exists():
+        shutil.rmtree(temp)
 
 
 class LoRATrainer:
@@ -241,8 +258,9 @@ class LoRATrainer:
                              f"uses T={self.temperature}: re-prime the teacher (delete its phases/prime_* marker)")
 
     def _save_checkpoint(self, path: Path, step: int) -> None:
-        """Adapter + optimizer + lr scheduler + step, written to a temp folder and renamed so a kill never leaves
-        half of one; the scheduler's state is what keeps a resumed run on the same lr curve."""
+        """Adapter + optimizer + lr scheduler + step, written to a temp folder and swapped in by renames; a kill at
+        any point leaves a state `recover_checkpoint` repairs, so the last complete checkpoint is never lost."""
+        recover_checkpoint(path)
         temp = path.with_name(path.name + ".tmp")
         temp.mkdir(parents=True, exist_ok=True)
         scheduler = self.scheduler.state_dict() if self.scheduler is not None else None
@@ -253,13 +271,12 @@ class LoRATrainer:
             old = path.with_name(path.name + ".old")
             path.replace(old)
             temp.replace(path)
-            for file in old.iterdir():
-                file.unlink()
-            old.rmdir()
+            shutil.rmtree(old)
         else:
             temp.replace(path)
 
     def _resume(self, path: Path) -> int:
+        recover_checkpoint(path)
         if not (path / "state.pt").exists():
             return 0
         state = torch.load(path / "state.pt", weights_only=False)

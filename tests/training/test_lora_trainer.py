@@ -4,6 +4,7 @@ and its adapter loads for evaluation."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,31 @@ def test_resume_from_checkpoint_reaches_the_same_weights_and_lr_schedule(tmp_pat
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.allclose(expected[key], actual[key], atol=1e-6), key
+
+
+@pytest.mark.parametrize("killed_at", ["after_first_rename", "before_old_removed", "while_writing_temp"])
+def test_a_kill_inside_the_checkpoint_swap_is_recovered(tmp_path: Path, killed_at: str) -> None:
+    """A kill between the swap's two renames left checkpoint.old behind, and every later save crashed with
+    'Directory not empty'; the last complete checkpoint must survive any kill point."""
+    train = TrainConfig(optimizer="sgd", lr=0.05, epochs=2, batch_size=1, save_every=3)
+    first, tokenizer = trainer(train)
+    with pytest.raises(Killed):
+        first.train(items(tokenizer), None, tmp_path, on_log=kill_at(4))
+    checkpoint = tmp_path / "checkpoint"
+    old, temp = tmp_path / "checkpoint.old", tmp_path / "checkpoint.tmp"
+    if killed_at == "after_first_rename":  # checkpoint -> checkpoint.old done, tmp -> checkpoint not yet
+        checkpoint.replace(old)
+        temp.mkdir()
+        (temp / "state.pt").write_bytes(b"half written")
+    elif killed_at == "before_old_removed":
+        shutil.copytree(checkpoint, old)
+    else:
+        temp.mkdir()
+        (temp / "state.pt").write_bytes(b"half written")
+    resumed, _ = trainer(train)
+    report = resumed.train(items(tokenizer), None, tmp_path)
+    assert report.resumed_from_step == 3 and report.steps == 8
+    assert not old.exists() and not temp.exists() and (tmp_path / "adapter").exists()
 
 
 def test_cosine_schedule_is_stepped_every_step_and_climbs_back_in_epoch_two(tmp_path: Path) -> None:
