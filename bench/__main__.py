@@ -222,11 +222,12 @@ def main(config: DictConfig) -> None:
     execute(config)
 
 
-METHOD_SHORTHANDS = ("cd", "rpkd")
+METHOD_SHORTHANDS = ("cd", "rpkd", "onpolicy")
 
 
 def expand_method_shorthand(overrides: list[str]) -> list[str]:
-    """Accept `cd.<key>=...` / `rpkd.<key>=...` (the spelling the papers' users reach for) as `method.<key>=...`.
+    """Accept `cd.<key>=...` / `rpkd.<key>=...` / `onpolicy.<key>=...` (the spelling the papers' users reach for) as
+    `method.<key>=...`.
 
     Hydra keeps a group's options under the group's name (`method.`); the shorthand also selects the method when
     no `method=` is given, and a shorthand that contradicts an explicit `method=` fails before any work.

@@ -197,6 +197,27 @@ class RPKDConfig(MethodConfig):
 
 
 @dataclass
+class OnPolicyConfig(MethodConfig):
+    """On-policy distillation (bench/methods/onpolicy.py, through TRL's DistillationTrainer): the student samples
+    answers, the teacher scores the student's own tokens, and the student's LoRA adapter learns to match the
+    teacher's next-token distributions on them. `lora` and `train` are RP-KD's schemas, so both methods read the
+    same LoRA and optimiser settings and count the same step budget on the same items."""
+
+    name: str = "onpolicy"
+    train_limit: int | None = 2638  # first N train items, as RP-KD's method.train_limit
+    # Generalized JSD between the two next-token distributions: 0 = forward KL(teacher||student), 1 = reverse
+    # KL(student||teacher) (TRL's default, and RP-KD's published direction), 0.5 = the symmetric JSD.
+    beta: float = 1.0
+    temperature: float = 1.0  # samples the student's rollouts AND softens both distributions in the divergence
+    max_completion_length: int | None = None  # tokens per rollout; null = task.max_new_tokens (the test budget)
+    # Share of training batches the student writes itself. TRL 1.16's stable DistillationTrainer is on-policy
+    # only, so 1.0 is the one value accepted (bench/methods/onpolicy.py says where a mix would come from).
+    on_policy_fraction: float = 1.0
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
 class CompareConfig(MethodConfig):
     """CD vs RP-KD on the same test items (bench/methods/compare.py); `cd` and `rpkd` are the methods' own configs."""
 
@@ -236,4 +257,5 @@ def register_configs(store: ConfigStore | None = None) -> None:
     store.store(group="method", name="baseline_schema", node=BaselineConfig)
     store.store(group="method", name="cd_schema", node=CDConfig)
     store.store(group="method", name="rpkd_schema", node=RPKDConfig)
+    store.store(group="method", name="onpolicy_schema", node=OnPolicyConfig)
     store.store(group="method", name="compare_schema", node=CompareConfig)

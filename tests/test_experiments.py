@@ -159,3 +159,14 @@ def test_compare_presets_build_their_study(preset: str) -> None:
     assert study.rpkd and study.cd is not None
     if config.teacher.backend != "hf":
         assert [s.value for s in study.signals] == ["sequence"]
+
+
+def test_onpolicy_preset_trains_and_tests_on_the_rpkd_signals_items() -> None:
+    """On-policy KD is read beside rpkd_signals_smollm2's arms: same test slice, models, train items, optimiser and
+    seed."""
+    onpolicy = compose_config(["+experiments=onpolicy_smollm2"])
+    rpkd = compose_config(["+experiments=rpkd_signals_smollm2"])
+    assert onpolicy.method.name == "onpolicy" and onpolicy.task == rpkd.task and onpolicy.task.limit == 100
+    assert (onpolicy.student, onpolicy.teacher, onpolicy.seed) == (rpkd.student, rpkd.teacher, rpkd.seed)
+    assert onpolicy.method.train_limit == rpkd.method.train_limit == 64
+    assert onpolicy.method.train == rpkd.method.train and onpolicy.method.lora == rpkd.method.lora

@@ -6,9 +6,11 @@ from bench.methods.base import Method, MethodResult
 from bench.methods.baseline import Baseline
 from bench.methods.compare import Compare
 from bench.methods.concept_distillation import ConceptDistillation
+from bench.methods.onpolicy import OnPolicyDistillation
 from bench.methods.response_priming import ResponsePrimingKD
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Baseline, ConceptDistillation, ResponsePrimingKD, Compare)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Baseline, ConceptDistillation, ResponsePrimingKD,
+                                                               OnPolicyDistillation, Compare)}
 
 
 def make_method(config) -> Method:

@@ -65,6 +65,15 @@ def scheduler_t_max(config: TrainConfig, n_items: int) -> int:
     return t_max
 
 
+def optimizer_steps(n_items: int, config: TrainConfig) -> int:
+    """The step budget of `epochs` passes over `n_items` in batches of `batch_size` (the last one of each epoch may
+    be short), `grad_accum` batches per optimizer step. Every train-time arm trains for this many steps (RP-KD's
+    arms here, on-policy distillation through TRL in bench/training/trl_distill.py), so arms on the same items get
+    the same budget."""
+    batches = config.epochs * math.ceil(n_items / config.batch_size)
+    return math.ceil(batches / config.grad_accum)
+
+
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, n_items: int
                    ) -> torch.optim.lr_scheduler.LRScheduler | None:
     """None (constant lr) or torch's CosineAnnealingLR (eta_min 0), the published scheduler, stepped per
@@ -197,7 +206,8 @@ class LoRATrainer:
         self._check_teacher_signal(items, teacher)
         batches = self._order(items)
         accumulate = self.train_config.grad_accum
-        total_steps = math.ceil(len(batches) / accumulate)
+        total_steps = optimizer_steps(len(items), self.train_config)
+        assert total_steps == math.ceil(len(batches) / accumulate)
         self.scheduler = make_scheduler(self.train_config, self.optimizer, len(items))
         checkpoint = output_dir / "checkpoint"
         step = self._resume(checkpoint)

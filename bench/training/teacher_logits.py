@@ -59,11 +59,15 @@ class TopKCache:
                          self.temperature)
 
 
-def check_same_tokenizer(student_tokenizer, teacher_tokenizer) -> None:
-    """Token-level KD compares distributions token by token: both sides must share one vocabulary."""
+SEQUENCE_REMEDY = "Use method.signal=sequence (the student learns from teacher-written solutions)."
+
+
+def check_same_tokenizer(student_tokenizer, teacher_tokenizer, remedy: str = SEQUENCE_REMEDY) -> None:
+    """Token-level KD compares distributions token by token: both sides must share one vocabulary. `remedy` is the
+    method's own way out, said in the error."""
     if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
         raise ValueError("token-level KD needs the teacher and the student to share a tokenizer; these differ. "
-                         "Use method.signal=sequence (the student learns from teacher-written solutions).")
+                         + remedy)
 
 
 @torch.inference_mode()
