@@ -222,11 +222,13 @@ class CompareConfig(MethodConfig):
     """CD vs RP-KD on the same test items (bench/methods/compare.py); `cd` and `rpkd` are the methods' own configs."""
 
     name: str = "compare"
-    families: list[str] = field(default_factory=lambda: ["cd", "rpkd"])  # which methods beside the student alone
+    families: list[str] = field(default_factory=lambda: ["cd", "rpkd"])  # beside the student alone: cd, rpkd, onpolicy
     signals: list[str] = field(default_factory=lambda: ["reference"])  # RP-KD teacher signals, one sub-run each
     teacher_token_budget: int | None = None  # one teacher budget for CD's induction and each RP-KD arm's priming
     cd: CDConfig = field(default_factory=CDConfig)
     rpkd: RPKDConfig = field(default_factory=RPKDConfig)
+    # its train items, LoRA and optimiser are taken from `rpkd` (equal terms); its own knobs: beta, temperature, ...
+    onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
 
 
 @dataclass

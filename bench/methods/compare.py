@@ -6,6 +6,8 @@ One job runs, in sub-folders of its run folder:
   rpkd-<signal>/  Response-Priming KD (`method.rpkd.*`) once per teacher signal in `method.signals`: arms
                `gt_finetune` (trained once for the aligned signals; `published` has its own fine-tune control)
                and `rpkd/<signal>/<priming arm>`
+  onpolicy/    with `onpolicy` in `method.families`: on-policy distillation through TRL (`method.onpolicy.*`),
+               on RP-KD's train items, LoRA, optimiser, step budget and seed
 then reads every arm's per-item scores back from its samples file, checks they cover the same items in the same
 order, and compares every pair of arms with paired tests (exact McNemar, paired bootstrap) -- not only each arm
 against its own run's base. Each arm carries its cost: teacher tokens and dollars, teacher forward tokens and
@@ -30,7 +32,10 @@ from omegaconf import DictConfig, OmegaConf
 from bench.context import RunContext
 from bench.methods.base import Method, MethodResult, summary_row
 from bench.methods.concept_distillation import ConceptDistillation
+from bench.methods.onpolicy import ARM as ONPOLICY_ARM
+from bench.methods.onpolicy import OnPolicyDistillation
 from bench.methods.response_priming import SIGNALS, ResponsePrimingKD, TeacherSignal, teacher_signal
+from bench.result_records import COST_FIELDS
 from bench.scoring.metrics import paired_test
 from bench.tracking import RunStore, Tracker, read_jsonl
 
@@ -38,9 +43,7 @@ logger = logging.getLogger(__name__)
 
 ARM_LABELS = {"base": "Base", "teacher": "Teacher", "ground_truth": "Ground Truth", "confidence": "Confidence",
               "custom": "Custom"}
-COST_FIELDS = ("teacher_prompt_tokens", "teacher_completion_tokens", "teacher_usd", "teacher_forward_tokens",
-               "teacher_cache_bytes", "train_steps", "train_s", "eval_completion_tokens", "eval_s")
-
+FAMILIES = ("cd", "rpkd", "onpolicy")
 
 @dataclasses.dataclass
 class Arm:
@@ -82,9 +85,9 @@ class Compare(Method):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         families = list(config.families)
-        unknown = sorted(set(families) - {"cd", "rpkd"})
+        unknown = sorted(set(families) - set(FAMILIES))
         if unknown:
-            raise ValueError(f"method.families has unknown entries {unknown}; choose from ['cd', 'rpkd']")
+            raise ValueError(f"method.families has unknown entries {unknown}; choose from {list(FAMILIES)}")
         self.signals = [teacher_signal(s) for s in config.signals]
         if "rpkd" in families and not self.signals:
             raise ValueError(f"method.signals is empty; choose from {list(SIGNALS)}")
@@ -96,6 +99,12 @@ class Compare(Method):
                                                         teacher_token_budget=config.teacher_token_budget))
                      for index, signal in enumerate(self.signals)
                      if (arms := self._rpkd_arms(config.rpkd.arms, signal, index))] if "rpkd" in families else []
+        self.onpolicy = OnPolicyDistillation(self._sub_config(
+            config.onpolicy, train_limit=config.rpkd.train_limit, lora=config.rpkd.lora, train=config.rpkd.train)) \
+            if "onpolicy" in families else None
+        if self.onpolicy is not None and config.teacher_token_budget is not None:
+            logger.warning("method.teacher_token_budget does not cap the on-policy arm (TRL's trainer scores every "
+                           "rollout); its teacher tokens are reported in its cost")
 
     def _rpkd_arms(self, arms, signal: TeacherSignal, index: int) -> list[str]:
         """The sub-run's arms: no no_train (the student alone is measured once), and the aligned GT fine-tune only in
@@ -132,6 +141,8 @@ class Compare(Method):
             arms.append(self._run_cd(ctx, sub_metrics))
         for rpkd in self.rpkd:
             arms += self._run_rpkd(ctx, rpkd, sub_metrics)
+        if self.onpolicy is not None:
+            arms.append(self._run_onpolicy(ctx, sub_metrics))
         rows, pairs = self._compare(ctx, arms)
         logger.info("compare: %d arms on %d %s items in %.0f s", len(arms), len(examples), split,
                     time.perf_counter() - started)
@@ -189,6 +200,17 @@ class Compare(Method):
             arms.append(Arm(name, label, "rpkd", child.store.path(f"samples/test_{arm}.jsonl"), metrics, cost,
                             losses if ctx.store.exists(losses) else None))
         return arms
+
+    def _run_onpolicy(self, ctx: RunContext, sub_metrics: dict[str, Any]) -> Arm:
+        assert self.onpolicy is not None
+        child = self._child(ctx, "onpolicy")
+        result = self.onpolicy.run(child)
+        sub_metrics["onpolicy"] = _without_rows(result.metrics)
+        row = next(row for row in result.rows if row["arm"] == ONPOLICY_ARM)
+        cost = {**{field: 0 for field in COST_FIELDS}, **row["cost"], "stopped": None}
+        losses = f"onpolicy/{row['losses']}" if row.get("losses") else None
+        return Arm("onpolicy", "On-policy KD", "onpolicy", child.store.path(f"samples/test_{ONPOLICY_ARM}.jsonl"),
+                   result.metrics["arms"][ONPOLICY_ARM], cost, losses)
 
     @staticmethod
     def _rpkd_name(arm: str, signal: TeacherSignal) -> tuple[str, str]:

@@ -89,3 +89,21 @@ def test_prefixed_tracker_keeps_sub_runs_apart() -> None:
     tracker.log({"train/ground_truth": {"step": 1}, "test_ground_truth": {"n": 3}})
     assert logged == [{"train/rpkd-reference/ground_truth": {"step": 1},
                        "rpkd-reference/test_ground_truth": {"n": 3}}]
+
+
+def test_the_on_policy_arm_joins_on_rpkds_items_and_budget(tmp_path: Path) -> None:
+    config = compare_config(tmp_path, "method.families=[rpkd,onpolicy]", "method.rpkd.arms=[gt_finetune]",
+                            "method.onpolicy.train_limit=99", "method.onpolicy.train.epochs=3")
+    from bench.methods import make_method
+
+    study = make_method(config.method)
+    assert study.onpolicy.config.train_limit == 3 and study.onpolicy.config.train.epochs == 1  # rpkd's, enforced
+    metrics = execute(config, progress=False)
+    rows = {row["arm"]: row for row in metrics["rows"]}
+    assert list(rows) == ["student", "gt_finetune", "onpolicy"]
+    assert rows["onpolicy"]["label"] == "On-policy KD" and rows["onpolicy"]["family"] == "onpolicy"
+    assert rows["onpolicy"]["cost"]["train_steps"] == rows["gt_finetune"]["cost"]["train_steps"] == 3
+    assert rows["onpolicy"]["cost"]["teacher_forward_tokens"] > 0
+    folder = only_run_folder(tmp_path, "compare")
+    assert (folder / rows["onpolicy"]["losses"]).exists()
+    assert any(p["a"] == "gt_finetune" and p["b"] == "onpolicy" for p in metrics["pairs"])
