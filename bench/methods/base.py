@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from bench.config import LoRAConfig, TrainConfig
     from bench.context import RunContext
+    from bench.tasks.base import Example
 
 
 @dataclass
@@ -33,6 +35,30 @@ class Method(ABC):
     @abstractmethod
     def run(self, ctx: RunContext) -> MethodResult:
         ...
+
+
+class LoRATrainingMethod(Method):
+    """A method that fine-tunes the student's LoRA adapter (RP-KD, on-policy distillation): both read their typed
+    LoRA and training settings, and take and record their train items, the same way, so their arms train on equal
+    terms."""
+
+    @property
+    def lora(self) -> LoRAConfig:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_object(self.config.lora)  # type: ignore[return-value]
+
+    @property
+    def train_config(self) -> TrainConfig:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_object(self.config.train)  # type: ignore[return-value]
+
+    def build_dataset(self, ctx: RunContext) -> list[Example]:
+        """The first `train_limit` train items; their ids go to artifacts/train_ids.json."""
+        examples = ctx.task.examples("train", limit=self.config.train_limit)
+        ctx.store.write_json("artifacts/train_ids.json", [e.id for e in examples])
+        return examples
 
 
 def summary_row(arm: str, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:

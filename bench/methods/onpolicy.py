@@ -24,10 +24,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from bench.config import LoRAConfig, TrainConfig
 from bench.context import RunContext
 from bench.evaluation import compare
-from bench.methods.base import Method, MethodResult, summary_row
+from bench.methods.base import LoRATrainingMethod, MethodResult, summary_row
 from bench.models import build_model
 from bench.models.hf import load_model_and_tokenizer, resolve_device, resolve_dtype
 from bench.result_records import COST_FIELDS
@@ -42,7 +41,7 @@ SAME_TOKENIZER = ("On-policy distillation scores the student's sampled tokens wi
                   "another tokenizer, or behind an API, use method=rpkd method.signal=sequence.")
 
 
-class OnPolicyDistillation(Method):
+class OnPolicyDistillation(LoRATrainingMethod):
     name = "onpolicy"
     roles = ("student", "teacher")
 
@@ -67,14 +66,6 @@ class OnPolicyDistillation(Method):
             raise ValueError(f"method.train.optimizer must be sgd or adamw and method.train.scheduler one of "
                              f"{SCHEDULERS}; got {config.train.optimizer!r}, {config.train.scheduler!r}")
 
-    @property
-    def lora(self) -> LoRAConfig:
-        return OmegaConf.to_object(self.config.lora)  # type: ignore[return-value]
-
-    @property
-    def train_config(self) -> TrainConfig:
-        return OmegaConf.to_object(self.config.train)  # type: ignore[return-value]
-
     # ------------------------------------------------------------------ driver
     def run(self, ctx: RunContext) -> MethodResult:
         self.check_models(ctx)
@@ -93,11 +84,6 @@ class OnPolicyDistillation(Method):
             raise ValueError(f"the teacher {teacher.name!r} is served by backend={teacher.backend}, which returns "
                              f"text, not next-token distributions. {SAME_TOKENIZER}")
         check_same_tokenizer(ctx.model("student").tokenizer, ctx.model("teacher").tokenizer, remedy=SAME_TOKENIZER)
-
-    def build_dataset(self, ctx: RunContext) -> list[Example]:
-        examples = ctx.task.examples("train", limit=self.config.train_limit)
-        ctx.store.write_json("artifacts/train_ids.json", [e.id for e in examples])
-        return examples
 
     def max_completion_length(self, ctx: RunContext) -> int:
         return int(self.config.max_completion_length or ctx.config.task.max_new_tokens)

@@ -31,10 +31,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from bench.config import LoRAConfig, TrainConfig
 from bench.context import RunContext
 from bench.evaluation import compare
-from bench.methods.base import Method, MethodResult, summary_row
+from bench.methods.base import LoRATrainingMethod, MethodResult, summary_row
 from bench.models import build_model
 from bench.models.base import GenerationRequest, Message
 from bench.models.cost import UsageMeter
@@ -147,7 +146,7 @@ def published_answer(example: Example) -> str:
     return str(example.extra.get("dataset_solution") or example.solution)
 
 
-class ResponsePrimingKD(Method):
+class ResponsePrimingKD(LoRATrainingMethod):
     name = "rpkd"
 
     def __init__(self, config: Any) -> None:
@@ -174,14 +173,6 @@ class ResponsePrimingKD(Method):
         primed = any(arm not in BASELINE_ARMS for arm in self.arms)
         return ("student", "teacher") if primed else ("student",)
 
-    @property
-    def lora(self) -> LoRAConfig:
-        return OmegaConf.to_object(self.config.lora)  # type: ignore[return-value]
-
-    @property
-    def train_config(self) -> TrainConfig:
-        return OmegaConf.to_object(self.config.train)  # type: ignore[return-value]
-
     # ------------------------------------------------------------------ driver
     def run(self, ctx: RunContext) -> MethodResult:
         student_config = ctx.model_config("student")
@@ -198,11 +189,6 @@ class ResponsePrimingKD(Method):
         return self.evaluate(ctx, adapters)
 
     # ------------------------------------------------------------------ phases
-    def build_dataset(self, ctx: RunContext) -> list[Example]:
-        examples = ctx.task.examples("train", limit=self.config.train_limit)
-        ctx.store.write_json("artifacts/train_ids.json", [e.id for e in examples])
-        return examples
-
     def prime_teacher(self, ctx: RunContext, arm: str, examples: list[Example]) -> PrimedTeacher:
         """The arm's teacher signal, by `method.signal`:
         published        full-vocabulary logits of the raw `priming + question` (no solution), as published;
