@@ -45,8 +45,9 @@ def render(figure: Figure) -> dict[str, bytes]:
     files = {}
     for suffix in FORMATS:
         buffer = io.BytesIO()
-        figure.savefig(buffer, format=suffix, dpi=150, metadata={"Creator": "bench.report"} if suffix == "pdf"
-                       else None)
+        # no CreationDate: regenerating a report leaves unchanged figures byte-identical (no churn in git)
+        metadata = {"Creator": "bench.report", "CreationDate": None} if suffix == "pdf" else None
+        figure.savefig(buffer, format=suffix, dpi=150, metadata=metadata)
         files[suffix] = buffer.getvalue()
     return files
 
