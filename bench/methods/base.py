@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from omegaconf import OmegaConf
+
+from bench.models import build_model
 
 if TYPE_CHECKING:
     from bench.config import LoRAConfig, TrainConfig
     from bench.context import RunContext
+    from bench.evaluation import EvalResult
     from bench.tasks.base import Example
 
 
@@ -44,14 +49,10 @@ class LoRATrainingMethod(Method):
 
     @property
     def lora(self) -> LoRAConfig:
-        from omegaconf import OmegaConf
-
         return OmegaConf.to_object(self.config.lora)  # type: ignore[return-value]
 
     @property
     def train_config(self) -> TrainConfig:
-        from omegaconf import OmegaConf
-
         return OmegaConf.to_object(self.config.train)  # type: ignore[return-value]
 
     def build_dataset(self, ctx: RunContext) -> list[Example]:
@@ -59,6 +60,20 @@ class LoRATrainingMethod(Method):
         examples = ctx.task.examples("train", limit=self.config.train_limit)
         ctx.store.write_json("artifacts/train_ids.json", [e.id for e in examples])
         return examples
+
+    @staticmethod
+    def evaluate_adapters(ctx: RunContext, adapters: dict[str, str | None]) -> tuple[str, dict[str, EvalResult]]:
+        """(split, arm -> evaluation): each arm's student (None: no adapter) on the same test items, as `test_<arm>`."""
+        split = ctx.config.task.eval_split
+        examples = ctx.task.examples(split, limit=ctx.config.task.limit)
+        config = ctx.model_config("student")
+        cache = OmegaConf.to_object(ctx.config.cache)
+        results = {}
+        for arm, adapter in adapters.items():
+            model = ctx.model("student") if adapter is None else build_model(
+                replace(config, adapter_path=adapter), cache)  # type: ignore[arg-type]
+            results[arm] = ctx.evaluate(model, examples, split=split, name=f"test_{arm}")
+        return split, results
 
 
 def summary_row(arm: str, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -22,12 +22,10 @@ import math
 import time
 from typing import Any
 
-from omegaconf import OmegaConf
 
 from bench.context import RunContext
 from bench.evaluation import compare
 from bench.methods.base import LoRATrainingMethod, MethodResult, summary_row
-from bench.models import build_model
 from bench.models.hf import load_model_and_tokenizer, resolve_device, resolve_dtype
 from bench.result_records import COST_FIELDS
 from bench.tasks.base import Example
@@ -117,15 +115,7 @@ class OnPolicyDistillation(LoRATrainingMethod):
         return report.adapter_dir
 
     def evaluate(self, ctx: RunContext, adapters: dict[str, str | None]) -> MethodResult:
-        split = ctx.config.task.eval_split
-        examples = ctx.task.examples(split, limit=ctx.config.task.limit)
-        config = ctx.model_config("student")
-        cache = OmegaConf.to_object(ctx.config.cache)
-        results = {}
-        for arm, adapter in adapters.items():
-            model = ctx.model("student") if adapter is None else build_model(
-                dataclasses.replace(config, adapter_path=adapter), cache)  # type: ignore[arg-type]
-            results[arm] = ctx.evaluate(model, examples, split=split, name=f"test_{arm}")
+        split, results = self.evaluate_adapters(ctx, adapters)
         training = {arm: ctx.store.read_json(f"phases/train_{arm}.done") for arm, a in adapters.items() if a}
         costs = {arm: {key: done[key] for key in ("rollout_tokens", "forward_tokens", "steps", "train_s")}
                  for arm, done in training.items()}

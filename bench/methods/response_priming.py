@@ -29,12 +29,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from omegaconf import OmegaConf
 
 from bench.context import RunContext
 from bench.evaluation import compare
 from bench.methods.base import LoRATrainingMethod, MethodResult, summary_row
-from bench.models import build_model
 from bench.models.base import GenerationRequest, Message
 from bench.models.cost import UsageMeter
 from bench.models.hf import load_model_and_tokenizer, resolve_device, resolve_dtype
@@ -382,15 +380,7 @@ class ResponsePrimingKD(LoRATrainingMethod):
                 for e in examples if targets is None or e.id in targets]
 
     def evaluate(self, ctx: RunContext, adapters: dict[str, str | None]) -> MethodResult:
-        split = ctx.config.task.eval_split
-        examples = ctx.task.examples(split, limit=ctx.config.task.limit)
-        config = ctx.model_config("student")
-        cache = OmegaConf.to_object(ctx.config.cache)
-        results = {}
-        for arm, adapter in adapters.items():
-            model = ctx.model("student") if adapter is None else build_model(
-                dataclasses.replace(config, adapter_path=adapter), cache)  # type: ignore[arg-type]
-            results[arm] = ctx.evaluate(model, examples, split=split, name=f"test_{arm}")
+        split, results = self.evaluate_adapters(ctx, adapters)
         reference = "no_train" if "no_train" in results else next(iter(results))
         rows, metrics = [], {"split": split, "signal": self.signal.value, "priming_wording": self.wording.value,
                              "arms": {}}
