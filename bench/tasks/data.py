@@ -1,6 +1,7 @@
 """Loading task data: the public source first (Hugging Face hub via `datasets`), then a local directory.
 
-Offline machines pay ~25 s of retries per dataset before the hub fails (REFERENCE.md), so HF_HUB_OFFLINE=1 or
+Offline machines pay ~25 s of retries per dataset split before the hub fails (REFERENCE.md), so in `auto` mode a
+probe of a few seconds asks first whether the hub answers at all, once per process; HF_HUB_OFFLINE=1 or
 `task.source=local` skips the hub entirely. Local files are read by small strict readers that name the file
 and line of any malformed record instead of failing somewhere downstream.
 """
@@ -11,9 +12,13 @@ import gzip
 import json
 import logging
 import os
+import socket
+import threading
 from collections.abc import Callable, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from bench.config import TaskConfig
 
@@ -83,10 +88,45 @@ def _check_fields(record: Any, required: Sequence[str], where: str) -> None:
         raise DataFormatError(f"{where}: missing field(s) {missing}")
 
 
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+@cache
+def hub_reachable(endpoint: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub opens within `timeout_s` (name lookup included, which a socket timeout
+    does not bound, hence the thread). Memoised per process: a run loads several splits, and an offline machine
+    should pay this once, not `datasets`' ~25 s of retries per split."""
+    parsed = urlparse(endpoint)
+    host, port = parsed.hostname or endpoint, parsed.port or (80 if parsed.scheme == "http" else 443)
+    outcome: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                outcome.append(True)
+        except OSError:
+            outcome.append(False)
+
+    probe = threading.Thread(target=connect, daemon=True, name="hub-probe")
+    probe.start()
+    probe.join(timeout_s)
+    return bool(outcome and outcome[0])
+
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
 def _hub_allowed(config: TaskConfig) -> bool:
     if config.source not in SOURCES:
         raise ValueError(f"task.source must be one of {SOURCES}, got {config.source!r}")
-    return config.source in ("auto", "hub") and os.environ.get("HF_HUB_OFFLINE") != "1"
+    if config.source == "local" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    if config.source == "auto" and not hub_reachable(_hub_endpoint()):
+        logger.info("the hub (%s) does not answer; reading local data (HF_HUB_OFFLINE=1 skips this probe)",
+                    _hub_endpoint())
+        return False
+    return True
 
 
 def load_records(config: TaskConfig, hub_split: str, local_reader: Callable[[Path], list[dict[str, Any]] | None],
@@ -110,6 +150,6 @@ def load_records(config: TaskConfig, hub_split: str, local_reader: Callable[[Pat
         if records is not None:
             return records, f"local:{root}"
     tried = ", ".join(str(root) for root in roots) or "none (BENCH_DATA_DIR unset, ../shared/data absent)"
-    hub = f"hub {config.hub_id}: {hub_error or 'skipped (offline or task.source=local)'}"
+    hub = f"hub {config.hub_id}: {hub_error or 'skipped (offline, unreachable, or task.source=local)'}"
     raise DataUnavailableError(f"no data for task {config.name!r}. Tried {hub}; local directories: {tried}. "
                                "Set BENCH_DATA_DIR to a folder holding the task's files (see README, Data).")
