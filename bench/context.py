@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +31,12 @@ def make_checker(kind: str, scoring: ScoringConfig):
         from bench.scoring.code import CodeChecker, CodeExecutor
         from bench.scoring.sandbox import SandboxLimits, make_sandbox
 
-        limits = SandboxLimits(wall_time_s=scoring.timeout_s, cpu_time_s=max(1, math.ceil(scoring.timeout_s)),
+        # timeout_s is a CPU budget, so a verdict does not depend on how many sandboxes share the cores; the wall
+        # limit only catches programs that sleep or block, and the executor stretches it by its pool's load.
+        if scoring.wall_multiple < 1:
+            raise ValueError(f"scoring.wall_multiple must be at least 1, got {scoring.wall_multiple}: a wall limit "
+                             "below the CPU budget would time out CPU-bound programs by wall clock again")
+        limits = SandboxLimits(cpu_time_s=scoring.timeout_s, wall_time_s=scoring.timeout_s * scoring.wall_multiple,
                                memory_mb=scoring.memory_mb)
         executor = CodeExecutor(make_sandbox(scoring.sandbox), limits)
         if scoring.workers is not None:

@@ -10,6 +10,7 @@ runner reports it with a per-run secret (nonce) that the program never sees in i
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
 import re
 import secrets
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from bench.scoring.sandbox import ProcessOutcome, Sandbox, SandboxLimits
+from bench.scoring.sandbox import ProcessOutcome, Sandbox, SandboxLimits, TimeoutKind, sweep_orphaned_temp_roots
 from bench.scoring.sanitize import longest_parseable_prefix, parses, sanitize, split_lines
 from bench.scoring.verdict import Status, Verdict
 
@@ -297,13 +298,21 @@ def _parse_reports(stdout: str, nonce: str) -> list[dict]:
     return reports
 
 
+def timeout_detail(outcome: ProcessOutcome) -> str:
+    """Say which limit ran out: a CPU timeout is the program's own doing, a wall one may be the machine's load."""
+    used = f"{outcome.cpu_time_s:.2f} s CPU in {outcome.wall_time_s:.1f} s wall"
+    if outcome.timeout is TimeoutKind.CPU:
+        return f"CPU time limit: the {outcome.limits.cpu_time_s:g} s CPU budget ran out ({used})"
+    return (f"wall-clock limit: {outcome.limits.wall_time_s:g} s of wall time passed with the CPU budget of "
+            f"{outcome.limits.cpu_time_s:g} s unspent ({used}); the program slept, blocked or was starved")
+
+
 def verdict_from_outcome(outcome: ProcessOutcome, nonce: str) -> Verdict:
     """Classify one run. Only a nonce-signed "passed" passes; everything else fails closed."""
     reports = _parse_reports(outcome.stdout, nonce)
     statuses = [r.get("status") for r in reports]
     if outcome.timed_out:
-        return Verdict(Status.TIMEOUT, f"time limit reached after {outcome.wall_time_s:.1f}s wall, "
-                                       f"{outcome.cpu_time_s:.1f}s CPU")
+        return Verdict(Status.TIMEOUT, timeout_detail(outcome))
     if "started" not in statuses:
         if outcome.signal is not None or outcome.exit_code not in (0, 1):
             tail = [line for line in outcome.sandbox_log.splitlines() if line[:3] in ("[E]", "[F]")]
@@ -336,8 +345,16 @@ def verdict_from_outcome(outcome: ProcessOutcome, nonce: str) -> Verdict:
 MAX_DEFAULT_WORKERS = 32
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and `taskset` narrow), not the host's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # platforms without sched_getaffinity
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
-    return min(4 * (os.cpu_count() or 1), MAX_DEFAULT_WORKERS)
+    return min(4 * available_cpus(), MAX_DEFAULT_WORKERS)
 
 
 @dataclass
@@ -348,11 +365,36 @@ class CodeExecutor:
     sandboxes than there are CPUs because part of each run is kernel latency (namespace and cgroup set-up and
     teardown), not CPU: on the 2-core box the 164 HumanEval programs finish 7-8% sooner with 8 workers than with 3
     (benchmarks/scoring_speed.py). The cap bounds the worst case of every sandbox using its memory limit at once.
+
+    With more workers than CPUs, a CPU-bound program gets only cpus/workers of a core, so its wall time grows with
+    the pool while its CPU time does not. Verdicts therefore rest on the CPU budget, and the wall limit in `limits`
+    (meant for a program running alone) is stretched by workers/cpus (`run_limits`), so that the pool's own load
+    cannot turn a slow-but-correct program into a timeout (benchmarks/sandbox_load.py measures it).
+    `scale_wall_to_load=False` keeps the wall limit as given, which is how the old policy is reproduced.
+
+    Starting an executor sweeps the sandbox temp folders of processes that were killed before cleaning up.
     """
 
     sandbox: Sandbox
     limits: SandboxLimits = field(default_factory=SandboxLimits)
     workers: int = field(default_factory=default_workers)
+    cpus: int = field(default_factory=available_cpus)
+    scale_wall_to_load: bool = True
+
+    def __post_init__(self) -> None:
+        if self.cpus < 1:
+            raise ValueError(f"CodeExecutor.cpus must be at least 1, got {self.cpus}")
+        sweep_orphaned_temp_roots()
+
+    def oversubscription(self) -> float:
+        """Sandboxes per CPU when the pool is full; below 1 nothing waits for a core, so it counts as 1."""
+        return max(1.0, self.workers / self.cpus)
+
+    def run_limits(self) -> SandboxLimits:
+        """The limits each run gets: `limits` with the wall limit stretched by the pool's oversubscription."""
+        if not self.scale_wall_to_load:
+            return self.limits
+        return dataclasses.replace(self.limits, wall_time_s=self.limits.wall_time_s * self.oversubscription())
 
     def run(self, program: str) -> Verdict:
         return self.run_with_outcome(program)[0]
@@ -360,7 +402,8 @@ class CodeExecutor:
     def run_with_outcome(self, program: str) -> tuple[Verdict, ProcessOutcome]:
         """The verdict plus the raw process outcome (stdout, stderr, times), for debugging and red-team tests."""
         nonce = secrets.token_hex(16)
-        outcome = self.sandbox.run_python(RUNNER, {PROGRAM_FILE: program}, (nonce + "\n").encode(), self.limits)
+        outcome = self.sandbox.run_python(RUNNER, {PROGRAM_FILE: program}, (nonce + "\n").encode(),
+                                          self.run_limits())
         return verdict_from_outcome(outcome, nonce), outcome
 
     def run_many(self, programs: Sequence[str], progress: bool = False, desc: str = "executing") -> list[Verdict]:

@@ -9,10 +9,21 @@ everything left inside, so nothing outlives a run.
 
 Backends are interchangeable behind `Sandbox` (the inspect_ai pattern). `UnsandboxedSandbox` exists only as an
 explicit opt-out and says so loudly on every run.
+
+Time is budgeted in CPU seconds, not wall seconds: a program's CPU time is the same whether it ran alone or beside
+seven others on two cores, its wall time is not. The wall limit is only a safety net for programs that sleep or
+block, a generous multiple of the CPU budget (which `CodeExecutor` stretches further by how oversubscribed its pool
+is), and a timeout says which of the two ran out.
+
+Each run's files live in a per-process parent folder, `<tmp>/bench-sandboxes-<pid>-<random>`, whose lock file the
+process holds for its whole life. A process killed with SIGKILL cannot clean up, but the kernel drops its lock, and
+the next executor to start sweeps every such folder whose lock it can take: a live owner's folder is never touched.
 """
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import logging
 import math
 import os
@@ -27,6 +38,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -41,6 +53,18 @@ CGROUP_PARENT = "bench-sandbox"
 SYSTEM_READONLY_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin")
 # Extra wall-clock allowance before the parent kills a sandbox that its own limit failed to stop.
 BACKSTOP_GRACE_S = 5.0
+# The wall limit of a program running alone, as a multiple of its CPU budget, when none is given: a CPU-bound
+# program still reaches its CPU limit first when something else on the machine takes up to two thirds of its core.
+DEFAULT_WALL_MULTIPLE = 3.0
+# Whole seconds the kernel's CPU rlimit sits above the budget. The kernel charges CPU time to the rlimit in
+# scheduler ticks, whoever ran during most of the tick; under load that sampled time drifts from the exact time
+# that `wait4` reports (runs killed at a 2 s rlimit measured 1.94-2.02 s with six loops on two cores). With the
+# headroom the rlimit only stops runaways, and the budget is judged on the exact time alone.
+CPU_RLIMIT_HEADROOM_S = 1
+# Per-process parent folders of the per-run folders, and the lock file that marks their owner alive.
+PROCESS_ROOT_PREFIX = "bench-sandboxes-"
+PROCESS_ROOT_STAGING_PREFIX = ".bench-sandboxes-staging-"
+OWNER_LOCK = "owner.lock"
 
 
 class SandboxUnavailable(RuntimeError):
@@ -49,10 +73,16 @@ class SandboxUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Resource caps for one program. Defaults suit HumanEval-style tests (each runs in milliseconds)."""
+    """Resource caps for one program. Defaults suit HumanEval-style tests (each runs in milliseconds).
 
-    wall_time_s: float = 10.0
-    cpu_time_s: int = 10
+    `cpu_time_s` is the budget a verdict depends on: a run that used more CPU seconds (its whole process tree's,
+    as measured when it is reaped) timed out. The kernel's CPU rlimit (`cpu_rlimit_s`, a little above the budget)
+    only stops runaways. `wall_time_s` is the safety net for programs that sleep or block, for one program running
+    alone; it defaults to `DEFAULT_WALL_MULTIPLE` times the CPU budget.
+    """
+
+    wall_time_s: float | None = None
+    cpu_time_s: float = 10.0
     memory_mb: int = 1024
     max_processes: int = 32
     max_output_mb: int = 1
@@ -60,10 +90,25 @@ class SandboxLimits:
     max_open_files: int = 64
 
     def __post_init__(self) -> None:
+        if self.wall_time_s is None:
+            object.__setattr__(self, "wall_time_s", self.cpu_time_s * DEFAULT_WALL_MULTIPLE)
         for name in ("wall_time_s", "cpu_time_s", "memory_mb", "max_processes", "max_output_mb", "tmp_size_mb",
                      "max_open_files"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SandboxLimits.{name} must be positive, got {getattr(self, name)!r}")
+
+    @property
+    def cpu_rlimit_s(self) -> int:
+        """The kernel's CPU rlimit, in the whole seconds it counts: the budget rounded up, plus headroom for the
+        kernel's tick-sampled accounting, so a program within budget is never killed by it."""
+        return math.ceil(self.cpu_time_s) + CPU_RLIMIT_HEADROOM_S
+
+
+class TimeoutKind(str, Enum):
+    """Which limit ended a run: only CPU is a property of the program; wall also depends on the machine's load."""
+
+    CPU = "cpu"
+    WALL = "wall"
 
 
 @dataclass(frozen=True)
@@ -76,9 +121,14 @@ class ProcessOutcome:
     stderr: str
     wall_time_s: float
     cpu_time_s: float
-    timed_out: bool  # wall-clock or CPU-time limit reached
+    timeout: TimeoutKind | None  # the limit that ended (or, for CPU, was exceeded by) the run
     output_limit_hit: bool
+    limits: SandboxLimits
     sandbox_log: str = ""
+
+    @property
+    def timed_out(self) -> bool:
+        return self.timeout is not None
 
 
 class Sandbox(ABC):
@@ -115,6 +165,115 @@ def minimal_environment() -> dict[str, str]:
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONIOENCODING": "utf-8",
     }
+
+
+def classify_timeout(limits: SandboxLimits, cpu_s: float, wall_limit_hit: bool) -> TimeoutKind | None:
+    """Which limit, if any, a finished run ran out of.
+
+    CPU wins over wall: a run that used more CPU than its budget is a CPU timeout however it ended (killed by the
+    rlimit, stopped by the wall limit, or finished just over budget), because that answer does not depend on what
+    else the machine was doing. Only a run within its CPU budget that hit the wall limit is a wall timeout.
+    """
+    if cpu_s > limits.cpu_time_s:
+        return TimeoutKind.CPU
+    return TimeoutKind.WALL if wall_limit_hit else None
+
+
+@dataclass
+class _ProcessRoot:
+    """This process's parent folder of run folders, and the open lock file that marks it as alive."""
+
+    path: Path
+    pid: int
+    lock_fd: int  # -1 once removed
+
+    @property
+    def usable(self) -> bool:
+        """False in a forked child (the folder is its parent's) and after the folder was removed or deleted."""
+        return self.pid == os.getpid() and self.lock_fd >= 0 and self.path.is_dir()
+
+    def remove(self) -> None:
+        """At normal exit: delete the folder, but never from a forked child, which shares the parent's folder."""
+        if self.pid != os.getpid() or self.lock_fd < 0:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self.lock_fd)
+        self.lock_fd = -1
+
+
+_process_root: _ProcessRoot | None = None
+_process_root_guard = threading.Lock()
+
+
+def _create_process_root(base: Path) -> _ProcessRoot:
+    """Make the folder under a staging name, lock it, then rename it into view.
+
+    A sweeper only considers folders with the final prefix, so it never sees one whose lock is not yet held.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=PROCESS_ROOT_STAGING_PREFIX, dir=base))
+    lock_fd = os.open(staging / OWNER_LOCK, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    final = base / f"{PROCESS_ROOT_PREFIX}{os.getpid()}-{staging.name.rsplit('-', 1)[-1]}"
+    os.rename(staging, final)
+    final.chmod(0o711)  # the unprivileged sandbox user must traverse it to reach its read-only files
+    root = _ProcessRoot(final, os.getpid(), lock_fd)
+    atexit.register(root.remove)
+    return root
+
+
+def process_temp_root() -> Path:
+    """This process's parent folder for run folders, created (after sweeping dead owners' folders) on first use."""
+    global _process_root
+    with _process_root_guard:
+        root = _process_root
+        if root is None or not root.usable:
+            if root is not None:
+                root.remove()  # a folder deleted under us (a /tmp cleaner): release its lock before starting anew
+            base = Path(tempfile.gettempdir())
+            sweep_orphaned_temp_roots(base)
+            _process_root = root = _create_process_root(base)
+        return root.path
+
+
+def _owner_is_gone(lock_fd: int) -> bool:
+    """Whether the lock can be taken: the kernel releases it when its owner exits, even by SIGKILL."""
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def sweep_orphaned_temp_roots(base: Path | None = None) -> list[Path]:
+    """Delete the run folders of processes that died without cleaning up; returns what was deleted.
+
+    Liveness is the owner's lock, not its pid, so pid reuse or another pid namespace sharing /tmp cannot make a
+    live process's folder look dead. Folders without a readable lock file (another user's, an older version's)
+    are left alone.
+    """
+    base = Path(base or tempfile.gettempdir())
+    removed = []
+    for folder in base.glob(PROCESS_ROOT_PREFIX + "*"):
+        try:
+            lock_fd = os.open(folder / OWNER_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if folder.is_symlink() or not _owner_is_gone(lock_fd):
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        finally:
+            os.close(lock_fd)
+    if removed:
+        logger.info("removed %d sandbox temp folder(s) left by killed processes: %s", len(removed),
+                    ", ".join(folder.name for folder in removed))
+    return removed
+
+
+def _run_folder(prefix: str) -> Path:
+    """A fresh folder for one run, inside this process's swept-if-orphaned parent folder."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=process_temp_root()))
 
 
 def _stage_files(root: Path, files: Mapping[str, str]) -> Path:
@@ -247,7 +406,7 @@ class NsjailSandbox(Sandbox):
         """The full nsjail argv; public so tests and docs can show exactly what isolation is requested."""
         argv = [str(self.binary), "--mode", "o", "--log", str(log_path), "--hostname", "sandbox",
                 "--cwd", "/tmp", "--time_limit", str(math.ceil(limits.wall_time_s)),
-                "--rlimit_cpu", str(limits.cpu_time_s), "--rlimit_as", str(limits.memory_mb),
+                "--rlimit_cpu", str(limits.cpu_rlimit_s), "--rlimit_as", str(limits.memory_mb),
                 "--rlimit_fsize", str(limits.max_output_mb), "--rlimit_nofile", str(limits.max_open_files),
                 "--rlimit_core", "0", "--rlimit_stack", "8", "--nice_level", "0"]
         if self.as_root:
@@ -269,7 +428,7 @@ class NsjailSandbox(Sandbox):
 
     def run_python(self, entry_code: str, files: Mapping[str, str], stdin: bytes,
                    limits: SandboxLimits) -> ProcessOutcome:
-        root = Path(tempfile.mkdtemp(prefix="bench-sandbox-"))
+        root = _run_folder("nsjail-")
         try:
             files_dir = _stage_files(root, files)
             log_path = root / "nsjail.log"
@@ -284,10 +443,9 @@ class NsjailSandbox(Sandbox):
         finally:
             shutil.rmtree(root, ignore_errors=True)
         exit_code, sig = self._decode_status(status, log)
-        timed_out = (backstop or "run time >= time limit" in log
-                     or (sig in (signal.SIGKILL, signal.SIGXCPU) and cpu >= limits.cpu_time_s - 0.05))
+        timeout = classify_timeout(limits, cpu, backstop or "run time >= time limit" in log)
         return ProcessOutcome(exit_code=exit_code, signal=sig, stdout=stdout, stderr=stderr, wall_time_s=wall,
-                              cpu_time_s=cpu, timed_out=timed_out, output_limit_hit=out_hit or err_hit,
+                              cpu_time_s=cpu, timeout=timeout, output_limit_hit=out_hit or err_hit, limits=limits,
                               sandbox_log=log)
 
     @staticmethod
@@ -332,7 +490,7 @@ class UnsandboxedSandbox(Sandbox):
     def run_python(self, entry_code: str, files: Mapping[str, str], stdin: bytes,
                    limits: SandboxLimits) -> ProcessOutcome:
         logger.warning("running generated code UNSANDBOXED (scoring.sandbox=none)")
-        root = Path(tempfile.mkdtemp(prefix="bench-unsandboxed-"))
+        root = _run_folder("unsandboxed-")
         try:
             files_dir = _stage_files(root, files)
             work = root / "tmp"
@@ -343,7 +501,7 @@ class UnsandboxedSandbox(Sandbox):
             def apply_rlimits() -> None:
                 memory = limits.memory_mb * 1024 * 1024
                 resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-                resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_time_s, limits.cpu_time_s))
+                resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_rlimit_s, limits.cpu_rlimit_s))
                 fsize = limits.max_output_mb * 1024 * 1024
                 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
                 resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files))
@@ -360,9 +518,9 @@ class UnsandboxedSandbox(Sandbox):
             shutil.rmtree(root, ignore_errors=True)
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        timed_out = backstop or (sig in (signal.SIGKILL, signal.SIGXCPU) and cpu >= limits.cpu_time_s - 0.05)
         return ProcessOutcome(exit_code=exit_code, signal=sig, stdout=stdout, stderr=stderr, wall_time_s=wall,
-                              cpu_time_s=cpu, timed_out=timed_out, output_limit_hit=out_hit or err_hit)
+                              cpu_time_s=cpu, timeout=classify_timeout(limits, cpu, backstop),
+                              output_limit_hit=out_hit or err_hit, limits=limits)
 
 
 SANDBOXES = {"nsjail": NsjailSandbox, "none": UnsandboxedSandbox}

