@@ -72,8 +72,7 @@ class ModelConfig:
 class ScoringConfig:
     sandbox: str = "nsjail"  # nsjail | none (unsandboxed: explicit opt-out, warns on every run)
     workers: int | None = None  # parallel sandboxed programs; null = 4 x CPU count (at most 32)
-    timeout_s: float = 10.0  # CPU seconds per program: the budget its verdict depends on, whatever the load
-    wall_multiple: float = 3.0  # wall limit = timeout_s x this x max(1, workers / CPUs); for sleeping programs
+    timeout_s: float = 10.0  # CPU seconds per program (its verdict's budget); wall limit 3x that x max(1, workers/CPUs)
     memory_mb: int = 1024
     math_mode: str = "flexible"  # headline extraction mode; both modes are always recorded
 

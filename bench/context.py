@@ -33,11 +33,9 @@ def make_checker(kind: str, scoring: ScoringConfig):
 
         # timeout_s is a CPU budget, so a verdict does not depend on how many sandboxes share the cores; the wall
         # limit only catches programs that sleep or block, and the executor stretches it by its pool's load.
-        if scoring.wall_multiple < 1:
-            raise ValueError(f"scoring.wall_multiple must be at least 1, got {scoring.wall_multiple}: a wall limit "
-                             "below the CPU budget would time out CPU-bound programs by wall clock again")
-        limits = SandboxLimits(cpu_time_s=scoring.timeout_s, wall_time_s=scoring.timeout_s * scoring.wall_multiple,
-                               memory_mb=scoring.memory_mb)
+        # (The multiple is not a config key: a new key would change every run's identity hash and so the name of
+        # every results folder that resumes today.)
+        limits = SandboxLimits(cpu_time_s=scoring.timeout_s, memory_mb=scoring.memory_mb)
         executor = CodeExecutor(make_sandbox(scoring.sandbox), limits)
         if scoring.workers is not None:
             executor.workers = scoring.workers

@@ -9,7 +9,7 @@ N copies of one correct program that does a fixed amount of work, calibrated on 
   before: the wall limit is the timeout (and the CPU limit its ceiling), whatever the pool's size; emulated with
           `CodeExecutor(scale_wall_to_load=False)` and `SandboxLimits(wall_time_s=timeout, cpu_time_s=timeout)`.
   after:  what `make_checker` builds from `scoring.*`: the timeout is a CPU budget, and the wall limit is
-          timeout x wall_multiple x max(1, workers / CPUs), a safety net for programs that sleep or block.
+          timeout x 3 (DEFAULT_WALL_MULTIPLE) x max(1, workers / CPUs), a safety net for programs that sleep or block.
 
 Every program is correct and needs the same CPU time, so any timeout is the load's doing, not the program's. The
 table gives, per policy and worker count, the timeouts (CPU budget spent / wall limit hit), the median CPU and wall

@@ -164,15 +164,10 @@ def test_helper_in_its_own_fenced_block_before_the_function_is_kept(checker):
 
 # Defect: scoring.timeout_s was both the wall and the CPU limit, so a verdict depended on the pool's load.
 def test_make_checker_budgets_cpu_time_and_derives_the_wall_limit():
-    checker = make_checker("code", ScoringConfig(sandbox="none", timeout_s=2.5, wall_multiple=4.0, workers=8))
+    checker = make_checker("code", ScoringConfig(sandbox="none", timeout_s=2.5, workers=8))
     executor = checker.executor
-    assert (executor.limits.cpu_time_s, executor.limits.wall_time_s, executor.workers) == (2.5, 10.0, 8)
-    assert executor.run_limits().wall_time_s == 10.0 * max(1.0, 8 / available_cpus())
-
-
-def test_a_wall_multiple_below_one_is_rejected():
-    with pytest.raises(ValueError, match="wall_multiple must be at least 1"):
-        make_checker("code", ScoringConfig(sandbox="none", wall_multiple=0.5))
+    assert (executor.limits.cpu_time_s, executor.limits.wall_time_s, executor.workers) == (2.5, 7.5, 8)
+    assert executor.run_limits().wall_time_s == 7.5 * max(1.0, 8 / available_cpus())
 
 
 def test_an_infinite_loop_times_out_on_its_cpu_budget(checker):
