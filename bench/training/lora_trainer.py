@@ -16,7 +16,9 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from peft.utils import get_peft_model_state_dict
@@ -41,11 +43,61 @@ class TrainItem:
 class TrainReport:
     steps: int
     resumed_from_step: int
-    losses: list[dict[str, float]]
+    losses: list[dict[str, float]]  # one row per step from 1, a resumed run's earlier rows from its checkpoint
     adapter_dir: str
 
 
 SCHEDULERS = ("none", "cosine")
+
+
+@dataclass(frozen=True)
+class RNGState:
+    """Every global generator a training step may draw from, so a resumed run continues their streams instead of
+    restarting them from `train.seed` (which hands step k + 1 of a run resumed at k the dropout masks of step 1).
+
+    LoRA dropout draws from torch's CPU generator, or from the CUDA generator of the device the model is on.
+    Nothing in this loop draws from python's `random` or numpy's global generator today; they are saved anyway, so
+    a collator or loss that starts to cannot silently break resume. The data order needs no entry: `_order` draws
+    it from its own `random.Random(train.seed)`, a function of the seed alone."""
+
+    python: tuple
+    numpy: dict[str, Any]
+    torch_cpu: torch.Tensor
+    torch_cuda: list[torch.Tensor]  # one per device; empty if CUDA was never initialised (nothing drew from it)
+
+    @classmethod
+    def capture(cls) -> RNGState:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+        return cls(python=random.getstate(), numpy=np.random.get_state(legacy=False),
+                   torch_cpu=torch.get_rng_state(), torch_cuda=cuda)
+
+    def restore(self) -> None:
+        random.setstate(self.python)
+        np.random.set_state(self.numpy)
+        torch.set_rng_state(self.torch_cpu)
+        if not self.torch_cuda:
+            return
+        here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if here != len(self.torch_cuda):
+            logger.warning("the checkpoint holds RNG states of %d CUDA devices, this machine has %d: restoring %d; "
+                           "random draws on the others differ from an uninterrupted run's",
+                           len(self.torch_cuda), here, min(here, len(self.torch_cuda)))
+        for device, state in enumerate(self.torch_cuda[:here]):
+            torch.cuda.set_rng_state(state, device)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain containers for `torch.save`: a checkpoint must not pickle this class's import path."""
+        return {"python": self.python, "numpy": self.numpy, "torch_cpu": self.torch_cpu,
+                "torch_cuda": list(self.torch_cuda)}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> RNGState:
+        missing = {"python", "numpy", "torch_cpu", "torch_cuda"} - saved.keys()
+        if missing:
+            raise ValueError(f"the checkpoint's RNG state lacks {sorted(missing)}: it is corrupt or from another "
+                             "version; delete the checkpoint folder to train from step 0")
+        return cls(python=saved["python"], numpy=saved["numpy"], torch_cpu=saved["torch_cpu"],
+                   torch_cuda=list(saved["torch_cuda"]))
 
 
 def make_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -210,9 +262,8 @@ class LoRATrainer:
         assert total_steps == math.ceil(len(batches) / accumulate)
         self.scheduler = make_scheduler(self.train_config, self.optimizer, len(items))
         checkpoint = output_dir / "checkpoint"
-        step = self._resume(checkpoint)
+        step, losses = self._resume(checkpoint)
         resumed_from = step
-        losses: list[dict[str, float]] = []
         self.model.train()
         bar = tqdm(total=total_steps, initial=step, desc="train", disable=not self.progress)
         while step < total_steps:
@@ -238,7 +289,7 @@ class LoRATrainer:
             bar.set_postfix(loss=f"{totals['loss']:.3f}")
             bar.update(1)
             if step % self.train_config.save_every == 0 and step < total_steps:
-                self._save_checkpoint(checkpoint, step)
+                self._save_checkpoint(checkpoint, step, losses)
         bar.close()
         adapter_dir = output_dir / "adapter"
         self.model.save_pretrained(adapter_dir)
@@ -267,15 +318,18 @@ class LoRATrainer:
             raise ValueError(f"the teacher cache's rest mass was computed at T={teacher.temperature}, but training "
                              f"uses T={self.temperature}: re-prime the teacher (delete its phases/prime_* marker)")
 
-    def _save_checkpoint(self, path: Path, step: int) -> None:
-        """Adapter + optimizer + lr scheduler + step, written to a temp folder and swapped in by renames; a kill at
-        any point leaves a state `recover_checkpoint` repairs, so the last complete checkpoint is never lost."""
+    def _save_checkpoint(self, path: Path, step: int, losses: list[dict[str, float]]) -> None:
+        """Adapter + optimizer + lr scheduler + step + RNG states + the loss rows of steps 1..step, written to a temp
+        folder and swapped in by renames; a kill at any point leaves a state `recover_checkpoint` repairs, so the
+        last complete checkpoint is never lost. The rows live in the checkpoint, not in a log appended to as they
+        come, so the history always ends at the checkpoint's step: rows of steps a kill undid are never kept."""
         recover_checkpoint(path)
         temp = path.with_name(path.name + ".tmp")
         temp.mkdir(parents=True, exist_ok=True)
         scheduler = self.scheduler.state_dict() if self.scheduler is not None else None
         torch.save({"adapter": get_peft_model_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
-                    "scheduler": scheduler, "step": step}, temp / "state.pt")
+                    "scheduler": scheduler, "step": step, "rng": RNGState.capture().to_dict(),
+                    "losses": [dict(row) for row in losses]}, temp / "state.pt")
         (temp / "step.json").write_text(json.dumps({"step": step}))
         if path.exists():
             old = path.with_name(path.name + ".old")
@@ -285,18 +339,50 @@ class LoRATrainer:
         else:
             temp.replace(path)
 
-    def _resume(self, path: Path) -> int:
+    def _resume(self, path: Path) -> tuple[int, list[dict[str, float]]]:
+        """(step, loss rows of steps 1..step) of the checkpoint at `path`, its weights, optimizer, schedule and RNG
+        states put in place; (0, []) without one. Call it last before the first step: anything drawing random
+        numbers after it would shift the restored streams."""
         recover_checkpoint(path)
         if not (path / "state.pt").exists():
-            return 0
+            return 0, []
         state = torch.load(path / "state.pt", weights_only=False)
         set_peft_model_state_dict(self.model, state["adapter"])
         self.optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
         if self.scheduler is not None:
             self._resume_scheduler(state.get("scheduler"), step)
+        losses = self._resume_losses(state.get("losses"), step)
+        self._resume_rng(state.get("rng"), step)
         logger.info("resuming training from step %d (%s)", step, path)
-        return step
+        return step, losses
+
+    @staticmethod
+    def _resume_losses(saved: list[dict[str, float]] | None, step: int) -> list[dict[str, float]]:
+        """The rows of steps 1..step. A checkpoint written before they were saved has none to give back, and one
+        written after resuming from such a checkpoint holds only the steps trained since: each step once, in order,
+        up to `step`, is what is checked."""
+        if saved is None:
+            logger.warning("checkpoint has no loss history (written before it was saved): the report and "
+                           "losses.jsonl start at step %d", step + 1)
+            return []
+        rows = [dict(row) for row in saved if row["step"] <= step]
+        steps = [row["step"] for row in rows]
+        if rows and steps != list(range(steps[0], step + 1)):
+            raise ValueError(f"the checkpoint's loss history does not end with steps ..{step} once each in order "
+                             f"(it has {steps[:3]}...{steps[-3:]}): it is corrupt; delete the checkpoint folder to "
+                             "train from step 0")
+        return rows
+
+    @staticmethod
+    def _resume_rng(saved: dict[str, Any] | None, step: int) -> None:
+        """Continue the random streams where the checkpoint left them; an older checkpoint without them resumes
+        with this process's streams (seeded by `train.seed`), which is not what an uninterrupted run would draw."""
+        if saved is None:
+            logger.warning("checkpoint has no RNG state (written before it was saved): dropout masks from step %d "
+                           "on differ from an uninterrupted run's, so the adapter is not reproducible", step + 1)
+            return
+        RNGState.from_dict(saved).restore()
 
     def _resume_scheduler(self, saved: dict | None, step: int) -> None:
         """Restore the lr schedule; a checkpoint from before schedulers existed is fast-forwarded `step` steps."""

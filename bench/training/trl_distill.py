@@ -16,7 +16,10 @@ What is ours, not TRL's, and why:
   building its adapter: both arms start from the same adapter weights;
 - no mixed-precision autocast: the student trains in the dtype it was loaded in, as RP-KD's arms do;
 - costs are read from TRL's own bookkeeping, which its checkpoints save and restore, so a resumed run counts
-  every step once.
+  every step once;
+- a resumed run reproduces an uninterrupted one (bit for bit on CPU): transformers' checkpoint restores the global
+  RNGs (dropout, rollout sampling) and the log history, and `EpochReplaySampler` the prompt order, which TRL's
+  sampler draws from a generator no checkpoint saves.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ from typing import Any
 import torch
 from datasets import Dataset
 from peft import LoraConfig
+from torch.utils.data import Sampler
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DistillationConfig, DistillationTrainer
+from trl.trainer.utils import RepeatSampler
 
 from bench.config import LoRAConfig, TrainConfig
 from bench.training.lora_trainer import lora_parameters, make_optimizer, make_scheduler, optimizer_steps
@@ -95,13 +100,50 @@ def distillation_config(train: TrainConfig, settings: RolloutSettings, steps: in
         save_strategy="steps", save_steps=train.save_every, save_total_limit=1)
 
 
+class EpochReplaySampler(Sampler):
+    """TRL's prompt sampler (a `RepeatSampler`), made to give epoch `e` the same order whether or not the run was
+    resumed.
+
+    `RepeatSampler` shuffles with its own generator, seeded once and advanced by each epoch's pass, and no
+    checkpoint saves it: a run resumed in epoch e >= 1 started it from the seed again and replayed epoch 0's order
+    (the adapter then differs from an uninterrupted run's). transformers calls `set_epoch(e)` on the sampler
+    before every epoch, resumed or not; here that re-seeds the generator and replays the e earlier passes, which
+    is exactly the state an uninterrupted run has at epoch e, so its order is unchanged."""
+
+    def __init__(self, inner: RepeatSampler) -> None:
+        if not isinstance(inner, RepeatSampler):
+            raise TypeError(f"TRL's train sampler is a {type(inner).__name__}, not the RepeatSampler whose order this "
+                            "replays (has the pinned TRL version changed?)")
+        if inner.shuffle and inner.seed is None:
+            raise ValueError("TRL's train sampler shuffles without a seed: a resumed run cannot replay its order")
+        self.inner = inner
+
+    def set_epoch(self, epoch: int) -> None:
+        if not self.inner.shuffle:  # shuffle_dataset=false: the same order every epoch, nothing to replay
+            return
+        self.inner.generator.manual_seed(self.inner.seed)
+        for _ in range(epoch):
+            for _ in self.inner:
+                pass
+
+    def __iter__(self):
+        return iter(self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
 class _Trainer(DistillationTrainer):
-    """TRL's trainer with RP-KD's optimiser and lr schedule over the LoRA parameters (and only those)."""
+    """TRL's trainer with RP-KD's optimiser and lr schedule over the LoRA parameters (and only those), and a prompt
+    order that a resume reproduces (`EpochReplaySampler`)."""
 
     def __init__(self, *args: Any, train_config: TrainConfig, n_items: int, **kwargs: Any) -> None:
         self.train_config = train_config
         self.n_items = n_items
         super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, dataset=None) -> Sampler:
+        return EpochReplaySampler(super()._get_train_sampler(dataset))
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         if self.optimizer is None:
@@ -162,7 +204,8 @@ def distill_on_policy(student, teacher, tokenizer, user_messages: Sequence[str],
     from `teacher` (same vocabulary) over the chat-templated `user_messages`, for RP-KD's step budget.
 
     TRL checkpoints every `train.save_every` steps under `output_dir/trainer`; a call that finds a checkpoint there
-    resumes from it. The adapter is saved to `output_dir/adapter`, and the checkpoints are removed once it is.
+    resumes from it, to the adapter and loss rows (all steps, each once) an uninterrupted run gives. The adapter is
+    saved to `output_dir/adapter`, and the checkpoints are removed once it is.
     """
     if not user_messages:
         raise ValueError("no training prompts (method.train_limit is 0?)")

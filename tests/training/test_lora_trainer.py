@@ -3,10 +3,14 @@ and its adapter loads for evaluation."""
 
 from __future__ import annotations
 
+import logging
 import math
+import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from peft.utils import get_peft_model_state_dict
@@ -15,7 +19,7 @@ from bench.config import LoRAConfig, ModelConfig, TrainConfig
 from bench.models.embedded import build_tiny_llama
 from bench.models.hf import HFChatModel
 from bench.training.kd import aligned_sequence, answer_ids, answer_logits, teacher_topk
-from bench.training.lora_trainer import LoRATrainer, TrainItem, collate, lora_for_arm
+from bench.training.lora_trainer import LoRATrainer, RNGState, TrainItem, TrainReport, collate, lora_for_arm
 from bench.training.teacher_logits import TopKCache
 
 LORA = LoRAConfig(r=4, alpha=8, dropout=0.0)
@@ -26,9 +30,10 @@ def items(tokenizer, n: int = 4) -> list[TrainItem]:
         tokenizer, f"{i} + {i} = {2 * i}. The answer is {2 * i}."), 128)) for i in range(n)]
 
 
-def trainer(train: TrainConfig, alpha: float = 1.0, **options) -> tuple[LoRATrainer, object]:
+def trainer(train: TrainConfig, alpha: float = 1.0, lora: LoRAConfig = LORA, **options
+            ) -> tuple[LoRATrainer, object]:
     model, tokenizer = build_tiny_llama(seed=0)
-    return LoRATrainer(model, LORA, train, temperature=2.0, alpha=alpha, pad_token_id=tokenizer.pad_token_id,
+    return LoRATrainer(model, lora, train, temperature=2.0, alpha=alpha, pad_token_id=tokenizer.pad_token_id,
                        progress=False, **options), tokenizer
 
 
@@ -68,15 +73,101 @@ def test_resume_from_checkpoint_reaches_the_same_weights_and_lr_schedule(tmp_pat
     assert (tmp_path / "resumed" / "checkpoint" / "state.pt").exists()
     resumed, _ = trainer(train)
     report = resumed.train(items(tokenizer), None, tmp_path / "resumed")
-    assert report.resumed_from_step == 3 and len(report.losses) == 5  # steps 4..8 of 8
+    assert report.resumed_from_step == 3 and len(report.losses) == 8  # steps 1..3 from the checkpoint, 4..8 trained
     # the resumed run continues on the same lr curve (down to 0 at step 5, back up in epoch 2), not restarting it
-    assert [row["lr"] for row in report.losses] == pytest.approx([row["lr"] for row in straight_report.losses[3:]])
+    assert [row["lr"] for row in report.losses] == pytest.approx([row["lr"] for row in straight_report.losses])
     assert resumed.scheduler.last_epoch == straight.scheduler.last_epoch == 8
     expected = get_peft_model_state_dict(straight.model)
     actual = get_peft_model_state_dict(resumed.model)
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.allclose(expected[key], actual[key], atol=1e-6), key
+
+
+def max_weight_diff(a: LoRATrainer, b: LoRATrainer) -> float:
+    """The largest absolute difference between two trainers' LoRA weights (0.0: bit-identical)."""
+    left, right = get_peft_model_state_dict(a.model), get_peft_model_state_dict(b.model)
+    assert left.keys() == right.keys()
+    return max(float((left[key] - right[key]).abs().max()) for key in left)
+
+
+def killed_and_resumed(train: TrainConfig, lora: LoRAConfig, folder: Path, kill_step: int,
+                       edit_checkpoint: Callable[[dict], None] | None = None) -> tuple[LoRATrainer, TrainReport]:
+    """Train until `kill_step` (a crash), optionally rewrite the checkpoint left behind, and resume with a new
+    trainer, as a rerun of the job does."""
+    first, tokenizer = trainer(train, lora=lora)
+    with pytest.raises(Killed):
+        first.train(items(tokenizer), None, folder, on_log=kill_at(kill_step))
+    if edit_checkpoint is not None:
+        state = torch.load(folder / "checkpoint" / "state.pt", weights_only=False)
+        edit_checkpoint(state)
+        torch.save(state, folder / "checkpoint" / "state.pt")
+    resumed, _ = trainer(train, lora=lora)
+    return resumed, resumed.train(items(tokenizer), None, folder)
+
+
+DROPOUT = LoRAConfig(r=4, alpha=8, dropout=0.3)
+# shuffled, 2 epochs of 4 items, checkpoints at steps 3 and 6: a kill at step 5 loses steps 4-5 (already logged)
+SHUFFLED = TrainConfig(optimizer="adamw", lr=1e-2, epochs=2, batch_size=1, save_every=3, shuffle=True,
+                       scheduler="cosine")
+
+
+def test_a_resumed_run_with_lora_dropout_is_bit_identical_to_an_uninterrupted_one(tmp_path: Path) -> None:
+    """Dropout draws from torch's generator every step: the resumed run must continue its stream from the checkpoint,
+    not from `train.seed` (which re-draws the masks of steps 1.. for steps 4..), and report every step's row once."""
+    straight, tokenizer = trainer(SHUFFLED, lora=DROPOUT)
+    straight_report = straight.train(items(tokenizer), None, tmp_path / "straight")
+    resumed, report = killed_and_resumed(SHUFFLED, DROPOUT, tmp_path / "resumed", kill_step=5)
+    assert report.resumed_from_step == 3
+    assert max_weight_diff(straight, resumed) == 0.0
+    assert [row["step"] for row in report.losses] == list(range(1, 9))  # steps 4, 5 of the killed run: not twice
+    assert report.losses == straight_report.losses  # the same floats, bit for bit
+
+
+def test_a_checkpoint_without_rng_state_or_loss_history_resumes_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Checkpoints written before the RNG state and loss history were saved still resume (backward compatible):
+    training finishes, the log says what cannot be reproduced, and the rows are those this process trained."""
+    def strip(state: dict) -> None:
+        state.pop("rng", None), state.pop("losses", None)
+
+    with caplog.at_level(logging.WARNING, logger="bench.training.lora_trainer"):
+        _, report = killed_and_resumed(SHUFFLED, DROPOUT, tmp_path, kill_step=5, edit_checkpoint=strip)
+    assert report.resumed_from_step == 3 and report.steps == 8 and (tmp_path / "adapter").exists()
+    assert [row["step"] for row in report.losses] == [4, 5, 6, 7, 8]
+    assert "no RNG state" in caplog.text and "loss history" in caplog.text
+
+
+def test_a_second_resume_after_an_old_checkpoint_keeps_the_rows_trained_since(tmp_path: Path) -> None:
+    """A run resumed from an old checkpoint (no history) checkpoints rows 4.. only; resuming from that one again
+    must accept them, not call the history corrupt for missing steps 1-3."""
+    first, tokenizer = trainer(SHUFFLED, lora=DROPOUT)
+    with pytest.raises(Killed):
+        first.train(items(tokenizer), None, tmp_path, on_log=kill_at(5))
+    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
+    state.pop("rng", None), state.pop("losses", None)
+    torch.save(state, tmp_path / "checkpoint" / "state.pt")
+    second, _ = trainer(SHUFFLED, lora=DROPOUT)
+    with pytest.raises(Killed):
+        second.train(items(tokenizer), None, tmp_path, on_log=kill_at(7))  # after the checkpoint at step 6
+    third, _ = trainer(SHUFFLED, lora=DROPOUT)
+    report = third.train(items(tokenizer), None, tmp_path)
+    assert report.resumed_from_step == 6 and [row["step"] for row in report.losses] == [4, 5, 6, 7, 8]
+
+
+def draws() -> tuple[float, float, torch.Tensor, torch.Tensor | None]:
+    """One draw from each global generator a checkpoint restores (CUDA's where there is one)."""
+    cuda = torch.rand(3, device="cuda") if torch.cuda.is_available() else None
+    return random.random(), float(np.random.random()), torch.rand(3), cuda
+
+
+def test_rng_state_restores_every_global_generator() -> None:
+    saved = RNGState.from_dict(RNGState.capture().to_dict())
+    first = draws()
+    saved.restore()
+    again = draws()
+    assert first[:2] == again[:2] and torch.equal(first[2], again[2])
+    assert (first[3] is None and again[3] is None) or torch.equal(first[3], again[3])
 
 
 @pytest.mark.parametrize("killed_at", ["after_first_rename", "before_old_removed", "while_writing_temp"])
@@ -177,7 +268,8 @@ def test_old_checkpoints_without_scheduler_state_fast_forward_the_schedule(tmp_p
     resumed, _ = trainer(train)
     report = resumed.train(items(tokenizer), None, tmp_path)
     assert report.resumed_from_step == 3  # step 4 runs at lr * (1 + cos(3 pi / 4)) / 2, as in a straight run
-    assert report.losses[0]["lr"] == pytest.approx(0.01 * (1 + math.cos(math.pi * 3 / 4)) / 2)
+    assert report.losses[3]["step"] == 4
+    assert report.losses[3]["lr"] == pytest.approx(0.01 * (1 + math.cos(math.pi * 3 / 4)) / 2)
 
 
 def self_distillation_signal(model, tokenizer, train_items: list[TrainItem], rest_mass: bool) -> TopKCache:

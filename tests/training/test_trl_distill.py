@@ -1,9 +1,11 @@
 """On-policy distillation through TRL on the tiny model: the adapter learns, RP-KD's optimiser, schedule and step
-budget are the ones in effect, the costs add up, and a killed run resumes from TRL's checkpoint."""
+budget are the ones in effect, the costs add up, and a killed run resumes from TRL's checkpoint to the very adapter
+and loss rows of an uninterrupted run."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,72 @@ def test_the_adapter_starts_where_rpkd_arms_start(tmp_path: Path) -> None:
     assert set(saved) == set(start) and any("lora_A" in name for name in saved)
     for name, tensor in saved.items():
         assert torch.equal(tensor, start[name]), name
+
+
+DROPOUT = LoRAConfig(r=4, alpha=8, dropout=0.3)
+# 4 prompts, 2 epochs, shuffled: 8 steps, epoch 1 starts after step 4
+SHUFFLED = TrainConfig(optimizer="adamw", lr=1e-2, epochs=2, batch_size=1, scheduler="cosine", shuffle=True)
+
+
+def distill_with(folder: Path, train: TrainConfig, lora: LoRAConfig, on_log=None):
+    student, tokenizer = build_tiny_llama(seed=0)
+    teacher, _ = build_tiny_llama(seed=1)
+    return distill_on_policy(student, teacher, tokenizer, PROMPTS, lora, train, SETTINGS, folder, progress=False,
+                             on_log=on_log)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory):
+    """One uninterrupted on-policy run with LoRA dropout and shuffling (checkpoints change nothing it computes)."""
+    return distill_with(tmp_path_factory.mktemp("uninterrupted"), SHUFFLED, DROPOUT)
+
+
+@pytest.mark.parametrize(("save_every", "killed_at", "resumed_at"),
+                         [(2, 3, 2), (4, 5, 4), (3, 7, 6)], ids=["epoch0", "epoch1_start", "epoch1_middle"])
+def test_a_resumed_run_with_dropout_and_shuffling_is_bit_identical_to_an_uninterrupted_one(
+        tmp_path: Path, uninterrupted, save_every: int, killed_at: int, resumed_at: int) -> None:
+    """transformers' checkpoint restores the python, numpy, torch and CUDA generators (dropout masks and the
+    student's sampled rollouts draw from them) and the log history; TRL's prompt sampler keeps its own generator,
+    which no checkpoint saves, so a resume in epoch 1 used to replay epoch 0's prompt order
+    (`EpochReplaySampler`). Bit-identical on CPU. On a GPU the same prompts and random streams are restored too,
+    but kernels that are not deterministic (unless torch.use_deterministic_algorithms) may round differently."""
+    train = replace(SHUFFLED, save_every=save_every)
+
+    def kill(row: dict) -> None:
+        if row["step"] == killed_at:
+            raise Killed
+
+    with pytest.raises(Killed):
+        distill_with(tmp_path, train, DROPOUT, on_log=kill)
+    resumed = distill_with(tmp_path, train, DROPOUT)
+    assert resumed.resumed_from_step == resumed_at
+    expected, actual = load_file(Path(uninterrupted.adapter_dir) / "adapter_model.safetensors"), \
+        load_file(Path(resumed.adapter_dir) / "adapter_model.safetensors")
+    assert expected.keys() == actual.keys()
+    assert max(float((expected[name] - actual[name]).abs().max()) for name in expected) == 0.0
+    assert resumed.losses == uninterrupted.losses  # every step once, the same floats
+    assert (resumed.rollout_tokens, resumed.forward_tokens) == (uninterrupted.rollout_tokens,
+                                                                uninterrupted.forward_tokens)
+
+
+def test_the_replaying_sampler_keeps_trls_order_in_every_epoch() -> None:
+    """Uninterrupted, epoch e's order is TRL's own e-th pass (results of earlier runs stand); set_epoch may be called
+    more than once per epoch (accelerate and transformers both call it) and must still give that order."""
+    from trl.trainer.utils import RepeatSampler
+
+    from bench.training.trl_distill import EpochReplaySampler
+
+    def sampler() -> RepeatSampler:
+        return RepeatSampler(list(range(7)), mini_repeat_count=1, batch_size=2, repeat_count=2, seed=3)
+
+    trl_own = sampler()
+    expected = [list(trl_own) for _ in range(4)]
+    assert len({tuple(order) for order in expected}) == 4  # every epoch reshuffles
+    replaying = EpochReplaySampler(sampler())
+    for epoch in range(4):
+        replaying.set_epoch(epoch)
+        replaying.set_epoch(epoch)
+        assert list(replaying) == expected[epoch]
+    fresh = EpochReplaySampler(sampler())  # a resumed process: epoch 2 first
+    fresh.set_epoch(2)
+    assert list(fresh) == expected[2] and len(fresh) == len(trl_own)
