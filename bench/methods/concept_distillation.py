@@ -37,7 +37,7 @@ from bench.methods.cd_rules import (ACCEPTANCES, TEACHER_SYSTEM, MalformedReply,
                                     induction_prompt, judge, merge_prompt_request, parse_merged_prompt,
                                     parse_teacher_reply, prompt_with_rules)
 from bench.models.base import GenerationRequest, Message, SamplingParams
-from bench.models.cost import UsageMeter
+from bench.models.cost import FAILED_USAGE_LEDGER, UsageMeter, generate_metered
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +165,9 @@ class ConceptDistillation(Method):
                     (Message("system", TEACHER_SYSTEM),
                      Message("user", induction_prompt(batch, ctx.task.kind, self.config.rules_per_call))),
                     self._teacher_params(ctx, seed_offset=attempt)) for _, batch in round_]
-                for (index, batch), completion in zip(round_, teacher.generate(requests, progress=ctx.progress)):
-                    meter.add(completion)
+                completions = generate_metered(teacher, requests, meter, ctx.store.path(FAILED_USAGE_LEDGER),
+                                               "induce", progress=ctx.progress)  # a failure's spend: the ledger
+                for (index, batch), completion in zip(round_, completions):
                     try:
                         explanation, texts = parse_teacher_reply(completion.text, self.config.rules_per_call)
                     except MalformedReply as error:

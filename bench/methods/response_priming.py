@@ -34,7 +34,7 @@ from bench.context import RunContext
 from bench.evaluation import compare
 from bench.methods.base import LoRATrainingMethod, MethodResult, summary_row
 from bench.models.base import GenerationRequest, Message
-from bench.models.cost import UsageMeter
+from bench.models.cost import FAILED_USAGE_LEDGER, UsageMeter, generate_metered
 from bench.models.hf import load_model_and_tokenizer, resolve_device, resolve_dtype
 from bench.tasks.base import Example
 from bench.training.kd import aligned_sequence, answer_ids
@@ -316,9 +316,10 @@ class ResponsePrimingKD(LoRATrainingMethod):
                 usage.stopped = (f"teacher budget of {usage.budget_tokens} tokens reached: solutions for "
                                  f"{len(texts)} of {len(examples)} items")
                 break
-            for completion in teacher.generate(requests[start:start + chunk], progress=ctx.progress):
-                meter.add(completion)
-                texts.append(completion.text)
+            completions = generate_metered(teacher, requests[start:start + chunk], meter,
+                                           ctx.store.path(f"artifacts/{arm}/{FAILED_USAGE_LEDGER}"), f"prime_{arm}",
+                                           progress=ctx.progress)  # a failure's spend: the ledger
+            texts += [completion.text for completion in completions]
         usage.add_generation(meter)
         generated = examples[:len(texts)]
         verdicts = ctx.task.score_many(generated, texts, progress=ctx.progress)

@@ -98,3 +98,54 @@ class ChatModel(Protocol):
 
     def generate(self, requests: Sequence[GenerationRequest], progress: bool = True) -> list[Completion]:
         ...
+
+
+class PartialGenerationError(RuntimeError):
+    """Some requests of a batch failed after others had been answered (and, for paid APIs, billed).
+
+    `completions` has one slot per request, in request order: the Completion that arrived, or None where the request
+    failed or was never sent. It exists so no layer drops a paid reply: the cache stores the arrived ones and the
+    methods' usage meters count them before the error reaches the user. The first failure is the `__cause__`.
+    """
+
+    def __init__(self, message: str, completions: Sequence[Completion | None]) -> None:
+        super().__init__(message)
+        self.completions: list[Completion | None] = list(completions)
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or another interrupt) stopped a batch; `completions` holds the replies that had already arrived.
+
+    A KeyboardInterrupt subclass, so everything that handles Ctrl-C still does; it only carries the finished work
+    (same slots as PartialGenerationError.completions) so the cache and usage meters can keep it.
+    """
+
+    def __init__(self, message: str, completions: Sequence[Completion | None]) -> None:
+        super().__init__(message)
+        self.completions: list[Completion | None] = list(completions)
+
+
+def carried_completions(error: BaseException) -> list[Completion | None]:
+    """The per-request slots an error carries (PartialGenerationError, GenerationInterrupted); [] for any other."""
+    if isinstance(error, (PartialGenerationError, GenerationInterrupted)):
+        return error.completions
+    return []
+
+
+def with_completions(error: BaseException, completions: Sequence[Completion | None]) -> BaseException:
+    """`error` re-addressed to a caller's request order, so a wrapper can pass on the replies it holds.
+
+    A carrier error gets its slots replaced (the same exception object travels on, traceback intact); a plain
+    KeyboardInterrupt or Exception becomes a GenerationInterrupted / PartialGenerationError; anything else
+    (SystemExit, ...) is returned unchanged. Callers `raise result` when it is `error`, else `raise result from error`.
+    """
+    if isinstance(error, (PartialGenerationError, GenerationInterrupted)):
+        error.completions = list(completions)
+        return error
+    arrived = sum(completion is not None for completion in completions)
+    message = f"{arrived} of {len(completions)} requests had completed before: {type(error).__name__}: {error}"
+    if isinstance(error, KeyboardInterrupt):
+        return GenerationInterrupted(message, completions)
+    if isinstance(error, Exception):
+        return PartialGenerationError(message, completions)
+    return error

@@ -4,6 +4,8 @@ The key covers everything that changes the output — backend, model id (incl. r
 list and every sampling parameter including seed and n — so a hit can never return a completion produced under
 different settings (a recurring bug report against peer harnesses). Re-running a finished evaluation makes zero
 model calls, and misses are sent and stored in chunks, so a run killed half-way keeps what it already generated.
+Replies that arrived in a chunk that then failed or was interrupted are stored too: the backend hands them over on
+its PartialGenerationError / GenerationInterrupted, and they were paid for.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from bench.models.base import ChatModel, Completion, GenerationRequest
+from bench.models.base import ChatModel, Completion, GenerationRequest, carried_completions, with_completions
 from bench.models.embedded import cache_root
 
 
@@ -33,17 +36,48 @@ def cache_key(backend: str, model_id: str, request: GenerationRequest) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+class CorruptCacheError(RuntimeError):
+    """The cache file is not a readable sqlite database, or holds a value that is not a stored completion."""
+
+
 class GenerationCache:
-    """sqlite key -> completion JSON; WAL mode and one connection per thread so worker threads can share it."""
+    """sqlite key -> completion JSON; WAL mode and one connection per thread so worker threads can share it.
+
+    A damaged file (a disk filled mid-write, garbage bytes, a different sqlite file at cache.path) raises
+    CorruptCacheError naming the file and the way out, rather than sqlite's bare 'file is not a database'."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._connection() as connection:
+        with self._readable(), self._connection() as connection:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("CREATE TABLE IF NOT EXISTS completions "
                                "(key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)")
+
+    def _corrupt(self, problem: str) -> CorruptCacheError:
+        return CorruptCacheError(
+            f"generation cache {self.path}: {problem}. Move it aside (mv {self.path} {self.path}.corrupt, and its "
+            f"-wal/-shm files if present) to start an empty cache, or point cache.path at another file; "
+            "only cached completions are lost, they are regenerated on the next run")
+
+    @contextmanager
+    def _readable(self) -> Iterator[None]:
+        """sqlite's corruption errors (exactly sqlite3.DatabaseError: 'file is not a database', 'malformed'),
+        as CorruptCacheError; a locked or unwritable file (OperationalError) is not corruption and passes as is."""
+        try:
+            yield
+        except sqlite3.DatabaseError as error:
+            if type(error) is not sqlite3.DatabaseError:
+                raise
+            raise self._corrupt(f"not a readable sqlite database ({error})") from error
+
+    def _decode(self, key: str, value: str) -> Completion:
+        try:
+            return Completion.from_dict(json.loads(value))
+        except (ValueError, TypeError, KeyError) as error:
+            raise self._corrupt(f"the value stored under key {key} is not a completion "
+                                f"({type(error).__name__}: {error})") from error
 
     def _connection(self) -> sqlite3.Connection:
         if getattr(self._local, "connection", None) is None:
@@ -55,26 +89,30 @@ class GenerationCache:
         connection = self._connection()
         for start in range(0, len(keys), 500):  # stay under sqlite's bound-parameter limit
             chunk = list(keys[start:start + 500])
-            rows = connection.execute(
-                f"SELECT key, value FROM completions WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-            found.update((key, Completion.from_dict(json.loads(value))) for key, value in rows)
+            with self._readable():
+                rows = connection.execute(
+                    f"SELECT key, value FROM completions WHERE key IN ({','.join('?' * len(chunk))})",
+                    chunk).fetchall()
+            found.update((key, self._decode(key, value)) for key, value in rows)
         return found
 
     def put_many(self, items: Sequence[tuple[str, Completion]]) -> None:
         now = time.time()
-        with self._connection() as connection:
+        with self._readable(), self._connection() as connection:
             connection.executemany("INSERT OR REPLACE INTO completions VALUES (?, ?, ?)",
                                    [(key, json.dumps(completion.to_dict()), now) for key, completion in items])
 
     def __len__(self) -> int:
-        return self._connection().execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+        with self._readable():
+            return self._connection().execute("SELECT COUNT(*) FROM completions").fetchone()[0]
 
 
 class CachedChatModel:
     """Serves hits from the cache and sends the misses to the wrapped model in chunks of `flush_every`.
 
-    Each chunk is stored as soon as it returns: a crash or kill loses at most one chunk. Misses are ordered by
-    prompt length before chunking, so a batching backend still pads similar lengths together.
+    Each chunk is stored as soon as it returns, and a chunk that fails or is interrupted still has its arrived
+    replies stored: an error or Ctrl-C loses no paid reply, a hard kill at most the unfinished chunk. Misses are
+    ordered by prompt length before chunking, so a batching backend still pads similar lengths together.
     """
 
     def __init__(self, inner: ChatModel, cache: GenerationCache, flush_every: int = 64) -> None:
@@ -96,6 +134,12 @@ class CachedChatModel:
         return getattr(self.inner, name)
 
     def generate(self, requests: Sequence[GenerationRequest], progress: bool = True) -> list[Completion]:
+        """Hits from the cache, misses from the wrapped model, in request order.
+
+        When a chunk fails or is interrupted, the replies that did arrive in it are stored before the error goes on,
+        and the error carries (PartialGenerationError / GenerationInterrupted `completions`, in *this* call's
+        request order) every completion the call holds: hits, earlier chunks and those arrivals, so the caller's
+        usage meter can count what was paid. An error is passed on untouched when nothing new had arrived."""
         keys = [cache_key(self.backend, self.model_id, request) for request in requests]
         hits = self.cache.get_many(keys)
         results: list[Completion | None] = [replace(hits[key], cached=True) if key in hits else None
@@ -104,13 +148,38 @@ class CachedChatModel:
                         key=lambda i: -sum(len(m.content) for m in requests[i].messages))
         bar = tqdm(total=len(requests), initial=len(requests) - len(misses), unit="req",
                    desc=f"generate {self.model_id[:40]}", disable=not progress or not misses)
-        for start in range(0, len(misses), self.flush_every):
-            chunk = misses[start:start + self.flush_every]
-            fresh = self.inner.generate([requests[i] for i in chunk], progress=False)
-            self.cache.put_many([(keys[i], completion) for i, completion in zip(chunk, fresh)
-                                 if completion.finish_reason != "error"])
-            for index, completion in zip(chunk, fresh):
-                results[index] = completion
-            bar.update(len(chunk))
-        bar.close()
+        try:
+            for start in range(0, len(misses), self.flush_every):
+                chunk = misses[start:start + self.flush_every]
+                try:
+                    fresh: Sequence[Completion | None] = self.inner.generate([requests[i] for i in chunk],
+                                                                             progress=False)
+                except BaseException as error:
+                    carrier = self._carrier(error, keys, chunk, results)
+                    if carrier is error:
+                        raise
+                    raise carrier from error
+                self._keep(keys, chunk, fresh, results)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
         return results  # type: ignore[return-value]  # every slot is a hit or a fresh completion
+
+    def _carrier(self, error: BaseException, keys: Sequence[str], chunk: Sequence[int],
+                 results: list[Completion | None]) -> BaseException:
+        """Store the replies `error` carries for `chunk`; return what to raise: `error` itself when nothing new
+        (paid) had arrived in this call, else an error carrying every completion the call holds."""
+        self._keep(keys, chunk, carried_completions(error), results)
+        if not any(completion is not None and not completion.cached for completion in results):
+            return error
+        return with_completions(error, results)
+
+    def _keep(self, keys: Sequence[str], chunk: Sequence[int], fresh: Sequence[Completion | None],
+              results: list[Completion | None]) -> None:
+        """Store a chunk's arrived completions (None: failed or not sent; errors are never stored) and slot them
+        into `results` at their request indexes."""
+        arrived = [(index, completion) for index, completion in zip(chunk, fresh) if completion is not None]
+        self.cache.put_many([(keys[index], completion) for index, completion in arrived
+                             if completion.finish_reason != "error"])
+        for index, completion in arrived:
+            results[index] = completion

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Sequence
 
 import pytest
 
-from bench.models.base import Completion, GenerationRequest, Message, SamplingParams
-from bench.models.cache import CachedChatModel, GenerationCache, cache_key
+from bench.models.base import (Completion, GenerationInterrupted, GenerationRequest, Message,
+                               PartialGenerationError, SamplingParams)
+from bench.models.cache import CachedChatModel, CorruptCacheError, GenerationCache, cache_key
 
 
 class CountingModel:
@@ -133,3 +135,87 @@ def test_chunks_group_similar_prompt_lengths(tmp_path) -> None:
 def test_flush_every_must_be_positive(tmp_path) -> None:
     with pytest.raises(ValueError, match="flush_every"):
         CachedChatModel(CountingModel(), GenerationCache(tmp_path / "c.sqlite"), flush_every=0)
+
+
+# ---------------------------------------------------------------- replies that arrived before a failure
+
+class FailsOnSome(CountingModel):
+    """Answers every request except those whose text is in `failing`: then the batch raises `error` carrying the
+    answered ones, as OpenAIChatModel does (None in the failed slots)."""
+
+    def __init__(self, failing: set[str], error: type[BaseException] = PartialGenerationError) -> None:
+        super().__init__()
+        self.failing = failing
+        self.error = error
+
+    def generate(self, requests, progress=True):
+        answered = super().generate(requests, progress)
+        slots = [None if r.messages[-1].content in self.failing else c for r, c in zip(requests, answered)]
+        if None in slots:
+            raise self.error("scripted failure", slots)
+        return answered
+
+
+@pytest.mark.parametrize("error", [PartialGenerationError, GenerationInterrupted])
+def test_replies_that_arrived_before_a_failure_are_cached_and_passed_on(tmp_path, error) -> None:
+    """A failed request used to take its chunk's answered (paid) siblings down with it: none was cached."""
+    path = tmp_path / "c.sqlite"
+    CachedChatModel(CountingModel(), GenerationCache(path)).generate([_request("hit")])
+    model = CachedChatModel(FailsOnSome({"c"}, error), GenerationCache(path))
+    with pytest.raises(error) as caught:
+        model.generate([_request(x) for x in ("a", "hit", "c", "d")], progress=False)
+    slots = caught.value.completions  # mapped to this call's request order, the hit included
+    assert [s and s.text for s in slots] == ["echo a", "echo hit", None, "echo d"]
+    assert [s and s.cached for s in slots] == [False, True, None, False]
+    inner = CountingModel()
+    CachedChatModel(inner, GenerationCache(path)).generate([_request(x) for x in ("a", "hit", "c", "d")])
+    assert inner.calls == [["c"]], "the replies that arrived must not be asked (and paid) for again"
+
+
+def test_an_error_after_earlier_chunks_carries_their_completions(tmp_path) -> None:
+    class DiesOnSecondChunk(CountingModel):
+        def generate(self, requests, progress=True):
+            if self.calls:
+                raise ConnectionError("server went away")
+            return super().generate(requests, progress)
+
+    model = CachedChatModel(DiesOnSecondChunk(), GenerationCache(tmp_path / "c.sqlite"), flush_every=2)
+    with pytest.raises(PartialGenerationError, match="2 of 4 requests had completed") as caught:
+        model.generate([_request(x) for x in ("aaaa", "bbb", "cc", "d")], progress=False)
+    assert isinstance(caught.value.__cause__, ConnectionError)
+    assert [s and s.text for s in caught.value.completions] == ["echo aaaa", "echo bbb", None, None]
+
+
+def test_an_error_with_nothing_new_passes_through_unchanged(tmp_path) -> None:
+    class Broken(CountingModel):
+        def generate(self, requests, progress=True):
+            raise ConnectionError("refused")
+
+    path = tmp_path / "c.sqlite"
+    CachedChatModel(CountingModel(), GenerationCache(path)).generate([_request("hit")])
+    with pytest.raises(ConnectionError, match="refused"):  # only a hit: nothing was paid, nothing to carry
+        CachedChatModel(Broken(), GenerationCache(path)).generate([_request("hit"), _request("new")])
+
+
+# ---------------------------------------------------------------- a damaged cache file
+
+def test_a_garbage_cache_file_names_itself_and_the_way_out(tmp_path) -> None:
+    """sqlite's bare 'file is not a database' said neither which file nor what to do."""
+    path = tmp_path / "generations.sqlite"
+    path.write_bytes(b"\x00not sqlite at all\xff" * 512)
+    with pytest.raises(CorruptCacheError) as caught:
+        GenerationCache(path)
+    message = str(caught.value)
+    assert str(path) in message and "Move it aside" in message and "cache.path" in message
+    assert "file is not a database" in message
+
+
+def test_an_undecodable_stored_value_names_the_file_and_key(tmp_path) -> None:
+    path = tmp_path / "generations.sqlite"
+    cache = GenerationCache(path)
+    key = cache_key("fake", "fake-1", _request("a"))
+    with sqlite3.connect(path) as connection:
+        connection.execute("INSERT INTO completions VALUES (?, ?, 0)", (key, '{"texts": ["trunc'))
+    with pytest.raises(CorruptCacheError, match=f"{key} is not a completion") as caught:
+        CachedChatModel(CountingModel(), cache).generate([_request("a")])
+    assert str(path) in str(caught.value) and "cache.path" in str(caught.value)
