@@ -103,6 +103,7 @@ class RunContext:
     def evaluate(self, model: ChatModel, examples: Sequence[Example], *, split: str, name: str,
                  system_prompt: str | None = None, role: str = "student", save: bool = True) -> EvalResult:
         """Evaluate, write `samples/<name>.jsonl` + `metrics/<name>.json`, log to the tracker."""
+        logger.info("%s: generating and scoring %d %s items with %s", name, len(examples), split, model.model_id)
         result = evaluate(self.task, model, examples, run_id=self.run_id, split=split, name=name,
                           system_prompt=system_prompt, params=self.evaluation_sampling(role), progress=self.progress,
                           pass_k=tuple(self.config.task.pass_k))

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from bench.models.progress import GenerationProgress
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ class ChatModel(Protocol):
     def backend(self) -> str:
         ...
 
-    def generate(self, requests: Sequence[GenerationRequest], progress: bool = True) -> list[Completion]:
+    def generate(self, requests: Sequence[GenerationRequest],
+                 progress: bool | GenerationProgress = True) -> list[Completion]:
         ...
 
 

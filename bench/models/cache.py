@@ -20,10 +20,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 from bench.models.base import ChatModel, Completion, GenerationRequest, carried_completions, with_completions
 from bench.models.embedded import cache_root
+from bench.models.progress import GenerationProgress
 
 
 def default_cache_path() -> Path:
@@ -133,7 +133,8 @@ class CachedChatModel:
     def __getattr__(self, name: str):  # expose backend extras (tokenizer, model) to code that needs them
         return getattr(self.inner, name)
 
-    def generate(self, requests: Sequence[GenerationRequest], progress: bool = True) -> list[Completion]:
+    def generate(self, requests: Sequence[GenerationRequest],
+                 progress: bool | GenerationProgress = True) -> list[Completion]:
         """Hits from the cache, misses from the wrapped model, in request order.
 
         When a chunk fails or is interrupted, the replies that did arrive in it are stored before the error goes on,
@@ -146,21 +147,20 @@ class CachedChatModel:
                                             for key in keys]
         misses = sorted((index for index, key in enumerate(keys) if key not in hits),
                         key=lambda i: -sum(len(m.content) for m in requests[i].messages))
-        bar = tqdm(total=len(requests), initial=len(requests) - len(misses), unit="req",
-                   desc=f"generate {self.model_id[:40]}", disable=not progress or not misses)
+        bar = GenerationProgress(len(requests), f"generate {self.model_id[:40]}", done=len(requests) - len(misses),
+                                 enabled=bool(progress) and bool(misses))
         try:
             for start in range(0, len(misses), self.flush_every):
                 chunk = misses[start:start + self.flush_every]
                 try:
                     fresh: Sequence[Completion | None] = self.inner.generate([requests[i] for i in chunk],
-                                                                             progress=False)
+                                                                             progress=bar)
                 except BaseException as error:
                     carrier = self._carrier(error, keys, chunk, results)
                     if carrier is error:
                         raise
                     raise carrier from error
                 self._keep(keys, chunk, fresh, results)
-                bar.update(len(chunk))
         finally:
             bar.close()
         return results  # type: ignore[return-value]  # every slot is a hit or a fresh completion

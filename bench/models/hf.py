@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from bench.config import ModelConfig
 from bench.models import embedded
 from bench.models.base import Completion, GenerationRequest, SamplingParams
+from bench.models.progress import GenerationProgress, progress_for
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,20 @@ def _adapter_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def _local_path_or_hub_id(config: ModelConfig) -> str | Path:
+    """A model_id written as a path (/…, ./…, ../…, ~/…) must exist: transformers would otherwise read it as a hub
+    id and answer "Repo id must be in the form 'repo_name' or 'namespace/repo_name'", which names neither problem."""
+    model_id = config.model_id
+    if not model_id.startswith(("/", "./", "../", "~")):
+        return model_id
+    path = Path(model_id).expanduser()
+    if not path.is_dir():
+        state = "is a file, not a model folder" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"model {config.name!r} (model_id): the local model folder {path} {state}; give a folder "
+                                "holding config.json and the weights, or a hub id such as 'org/name'")
+    return path
+
+
 def load_model_and_tokenizer(config: ModelConfig, device: torch.device, dtype: torch.dtype):
     """(model, tokenizer, model_id) for a hub id, a local folder, a GGUF file or one of the embedded models."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -66,6 +81,8 @@ def load_model_and_tokenizer(config: ModelConfig, device: torch.device, dtype: t
         if config.model_id == embedded.SMOLLM2:
             source = embedded.smollm2_folder()
             model_id = f"{embedded.SMOLLM2}@{embedded.smollm2_version()}"
+        else:
+            source = _local_path_or_hub_id(config)
         kwargs = {"revision": config.revision} if config.revision else {}
         if config.gguf_file:
             kwargs["gguf_file"] = config.gguf_file
@@ -92,6 +109,19 @@ def load_model_and_tokenizer(config: ModelConfig, device: torch.device, dtype: t
 def _truncate_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     cut = min((index for stop in stops if (index := text.find(stop)) >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class _ReportSteps(StoppingCriteria):
+    """Never stops anything: called once per decode step, it moves the progress bar inside the batch."""
+
+    def __init__(self, progress: GenerationProgress) -> None:
+        self.progress = progress
+        self.steps = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        self.steps += 1
+        self.progress.step(self.steps)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 class HFChatModel:
@@ -126,29 +156,40 @@ class HFChatModel:
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def generate(self, requests: Sequence[GenerationRequest], progress: bool = True) -> list[Completion]:
+    def generate(self, requests: Sequence[GenerationRequest],
+                 progress: bool | GenerationProgress = True) -> list[Completion]:
         prompts = [self.prompt_text(request) for request in requests]
-        lengths = [len(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
-        # Same params batch together; longest first so an out-of-memory error shows up on the first batch.
-        order = sorted(range(len(requests)), key=lambda i: (repr(requests[i].params), -lengths[i]))
         results: list[Completion | None] = [None] * len(requests)
-        bar = tqdm(total=len(requests), desc=f"generate {self.model_id[:40]}", unit="req", disable=not progress)
-        start = 0
-        while start < len(order):
-            params = requests[order[start]].params
-            batch = [order[start]]
-            while (len(batch) < self.batch_size and start + len(batch) < len(order)
-                   and requests[order[start + len(batch)]].params == params):
-                batch.append(order[start + len(batch)])
-            for index, completion in zip(batch, self._generate_batch([prompts[i] for i in batch], params)):
-                results[index] = completion
-            start += len(batch)
-            bar.update(len(batch))
-        bar.close()
+        bar, owned = progress_for(progress, len(requests), f"generate {self.model_id[:40]}")
+        try:
+            for batch in self._batches(requests, prompts):
+                params = requests[batch[0]].params
+                bar.start_batch(len(batch), params.max_new_tokens)
+                for index, completion in zip(batch, self._generate_batch([prompts[i] for i in batch], params, bar)):
+                    results[index] = completion
+                bar.advance(len(batch))
+        finally:
+            if owned:
+                bar.close()
         return [result for result in results if result is not None]
 
+    def _batches(self, requests: Sequence[GenerationRequest], prompts: list[str]) -> list[list[int]]:
+        """Request indexes in batches of at most batch_size with identical sampling params, longest prompts first
+        (an out-of-memory error then shows up on the first batch, and similar lengths pad together)."""
+        lengths = [len(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+        order = sorted(range(len(requests)), key=lambda i: (repr(requests[i].params), -lengths[i]))
+        batches: list[list[int]] = []
+        for index in order:
+            if (batches and len(batches[-1]) < self.batch_size
+                    and requests[batches[-1][0]].params == requests[index].params):
+                batches[-1].append(index)
+            else:
+                batches.append([index])
+        return batches
+
     @torch.inference_mode()
-    def _generate_batch(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+    def _generate_batch(self, prompts: list[str], params: SamplingParams,
+                        progress: GenerationProgress | None = None) -> list[Completion]:
         started = time.perf_counter()
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         encoded = encoded.to(self.device)
@@ -165,6 +206,8 @@ class HFChatModel:
             generation_kwargs.update(temperature=None, top_p=None, top_k=None)
         if params.stop:
             generation_kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        if progress is not None and progress.enabled:
+            generation_kwargs["stopping_criteria"] = StoppingCriteriaList([_ReportSteps(progress)])
         output = self.model.generate(**encoded, **generation_kwargs)
         new_tokens = output[:, encoded.input_ids.shape[1]:]
         latency = (time.perf_counter() - started) / len(prompts)

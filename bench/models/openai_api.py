@@ -34,11 +34,11 @@ from urllib.parse import urlparse
 
 import openai
 from openai.types.chat import ChatCompletion
-from tqdm.auto import tqdm
 
 from bench.config import ModelConfig
 from bench.models.base import Completion, GenerationInterrupted, GenerationRequest, PartialGenerationError
 from bench.models.cost import Price
+from bench.models.progress import GenerationProgress, progress_for
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,8 @@ class OpenAIChatModel:
     def model_id(self) -> str:
         return f"{self.model}@{self.base_url or 'api.openai.com'}"
 
-    def generate(self, requests: Sequence[GenerationRequest], progress: bool = True) -> list[Completion]:
+    def generate(self, requests: Sequence[GenerationRequest],
+                 progress: bool | GenerationProgress = True) -> list[Completion]:
         """One completion per request, in order. Raises PartialGenerationError (arrived replies attached) when a
         request fails and others were answered, the failure itself when none was, GenerationInterrupted on Ctrl-C."""
         if not requests:
@@ -206,7 +207,7 @@ class OpenAIChatModel:
         batch = _Batch(list(requests))
         workers = [threading.Thread(target=self._work, args=(batch,), daemon=True, name=f"openai-request-{i}")
                    for i in range(min(self.max_concurrency, len(requests)))]
-        bar = tqdm(total=len(requests), desc=f"generate {self.model[:40]}", unit="req", disable=not progress)
+        bar, owned = progress_for(progress, len(requests), f"generate {self.model[:40]}")
         try:
             for worker in workers:  # started inside the try: a Ctrl-C landing here still stops those running
                 worker.start()
@@ -220,11 +221,12 @@ class OpenAIChatModel:
             batch.stop.set()
             raise
         finally:
-            bar.close()
+            if owned:
+                bar.close()
         return self._outcome(batch)
 
     @staticmethod
-    def _await(batch: _Batch, workers: int, bar: tqdm) -> None:
+    def _await(batch: _Batch, workers: int, bar: GenerationProgress) -> None:
         """Wait until every worker has exited: all requests answered or failed, or the batch stopped and the
         requests on the wire came back. Queue.get blocks interruptibly, so Ctrl-C lands here at once."""
         exited = 0
@@ -233,7 +235,7 @@ class OpenAIChatModel:
             if index is None:
                 exited += 1
             else:
-                bar.update(1)
+                bar.advance(1)
 
     def _outcome(self, batch: _Batch) -> list[Completion]:
         if batch.first_error is None:

@@ -219,3 +219,27 @@ def test_an_undecodable_stored_value_names_the_file_and_key(tmp_path) -> None:
     with pytest.raises(CorruptCacheError, match=f"{key} is not a completion") as caught:
         CachedChatModel(CountingModel(), cache).generate([_request("a")])
     assert str(path) in str(caught.value) and "cache.path" in str(caught.value)
+
+
+def test_one_progress_bar_spans_every_chunk_and_counts_hits_as_done(tmp_path) -> None:
+    """The backend reports into the wrapper's bar (one per call), so it moves inside chunks, not once per chunk."""
+    from bench.models.progress import GenerationProgress
+
+    class ReportingModel(CountingModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bars: list[GenerationProgress] = []
+
+        def generate(self, requests, progress=True):
+            assert isinstance(progress, GenerationProgress)
+            self.bars.append(progress)
+            progress.advance(len(requests))
+            return super().generate(requests, progress)
+
+    inner = ReportingModel()
+    model = CachedChatModel(inner, GenerationCache(tmp_path / "c.sqlite"), flush_every=2)
+    model.generate([_request("a")], progress=False)
+    model.generate([_request(x) for x in "abcde"])
+    bar = inner.bars[-1]
+    assert len(inner.bars) == 3 and inner.bars[1] is bar  # the second call's two chunks share one bar
+    assert (bar.total, bar.done) == (5, 5)  # 1 hit + 4 generated

