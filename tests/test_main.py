@@ -18,7 +18,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from bench.__main__ import check_preset_spelling, config_identity, expand_method_shorthand, format_table
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["student=tiny", "teacher=tiny", "task.limit=4", "task.max_new_tokens=8", "logger=none"]
+FAST = ["task=gsm8k", "student=tiny", "teacher=tiny", "task.limit=4", "task.max_new_tokens=8", "logger=none"]
 
 
 compose_run = compose_config
@@ -38,7 +38,7 @@ def run_bench(tmp_path: Path, *args: str, check: bool = True) -> subprocess.Comp
 
 def test_default_config_composes_and_validates() -> None:
     config = compose_run([])
-    assert (config.method.name, config.task.name, config.student.name) == ("baseline", "gsm8k", "smollm2")
+    assert (config.method.name, config.task.name, config.student.name) == ("baseline", "multiarith", "smollm2")
     assert config.scoring.sandbox == "nsjail"
 
 
