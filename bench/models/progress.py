@@ -37,6 +37,7 @@ class GenerationProgress:
         self._batch_number = 0
         self._max_steps = 0
         self._batch_started = 0.0
+        self._first_step_done = 0.0
         self._seconds_per_step: float | None = None
 
     def start_batch(self, size: int, max_steps: int) -> None:
@@ -49,7 +50,13 @@ class GenerationProgress:
         """Decode step `step` (1-based) of the current batch finished."""
         if not self.enabled or step < 1:
             return
-        self._seconds_per_step = (time.perf_counter() - self._batch_started) / step
+        now = time.perf_counter()
+        if step == 1:  # the first step includes the prompt's prefill: a poor guide to the pace of the rest
+            self._first_step_done = now
+            if self._seconds_per_step is None:
+                self._seconds_per_step = now - self._batch_started
+        else:
+            self._seconds_per_step = (now - self._first_step_done) / (step - 1)
         self._bar.set_postfix_str(f"batch {self._batch_number}/{self._batch_number + self._batches_after()}"
                                   f" · step {step}/{self._max_steps} · ≤{format_seconds(self.seconds_left(step))} "
                                   "left", refresh=False)
