@@ -1,12 +1,18 @@
-"""`python -m bench ...`: compose the config with Hydra, build the run context, dispatch to the method.
+"""`bench ...` (or `python -m bench ...`): compose the config with Hydra, build the run context, dispatch to the method.
 
 Runs, single or `-m` multirun, each get their own results folder and W&B run; nothing mutable is shared
 between jobs. The folder name is derived from the method, task, models and a hash of the config, so re-running
-the same command resumes (finished phases and cached generations are reused) while any change starts afresh.
+the same command resumes (finished phases and cached generations are reused) while any change starts afresh. A run
+holds its folder while it runs (an identical run started meanwhile fails at once), and a run that fails before
+producing anything leaves no folder behind.
+
+Each job returns its headline metric (`Method.headline`: one test accuracy), so a Hydra sweeper (Optuna, Ax, ...)
+can optimise over the harness.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -23,15 +29,19 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from bench.cli import (check_preset_spelling, expand_method_shorthand, method_options_at_composition,
+                       prepare_job_config, sweeps_methods)
 from bench.config import register_configs
 
 if TYPE_CHECKING:
+    from bench.methods import Method
     from bench.result_records import RunFacts
-    from bench.tracking import Tracker
+    from bench.tracking import RunStore, Tracker
 
 logger = logging.getLogger("bench")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
 # Keys that change where or how a run is logged but not what it computes: excluded from the run's identity.
 _NOT_IDENTITY = ("logger", "run_name", "resume", "results_dir", "experiment", "cache")
 
@@ -85,19 +95,29 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def execute(config: DictConfig, progress: bool = True) -> dict[str, Any]:
-    """Run one job from a composed config; returns the metrics written to metrics.json."""
-    from bench.context import RunContext, make_checker
+    """Run one job from a composed config; returns the metrics written to metrics.json, `headline` among them.
+
+    The config is prepared first (method options merged, unknown keys refused: bench.cli), as the CLI does at
+    composition, so a config composed any other way is held to the same rules."""
     from bench.methods import make_method
+    from bench.tracking import claim_run_folder
+
+    prepare_job_config(config)
+    method = make_method(config.method)
+    check_run_config(config)
+    name = run_name(config, method.roles)
+    with claim_run_folder(Path(config.results_dir) / config.experiment / name) as store:
+        return _execute_in(store, config, method, name, progress)
+
+
+def _execute_in(store: RunStore, config: DictConfig, method: Method, name: str, progress: bool) -> dict[str, Any]:
+    """The run itself, in its claimed folder."""
+    from bench.context import RunContext, make_checker
     from bench.report import write_tables
     from bench.result_records import result_records
     from bench.run_artifacts import report_artifact, run_artifacts
     from bench.tasks import make_task
-    from bench.tracking import RunStore
 
-    method = make_method(config.method)
-    check_run_config(config)
-    name = run_name(config, method.roles)
-    store = RunStore(Path(config.results_dir) / config.experiment / name)
     if not config.resume:
         store.reset()  # a fresh start is fresh: no old checkpoint, cache of the teacher or losses is reused
     else:
@@ -121,7 +141,8 @@ def execute(config: DictConfig, progress: bool = True) -> dict[str, Any]:
                    "models": {role: ctx.model(role).model_id for role in method.roles},
                    "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
                    "wall_s": round(time.time() - started, 2), "environment": _environment(),
-                   **result.metrics, "rows": result.rows}
+                   **result.metrics, "rows": result.rows,
+                   "headline": dataclasses.asdict(method.headline(result.rows))}
         store.write_json("metrics.json", metrics)
         tables = write_tables(Path(config.results_dir), tables_dir, config.experiment)
         tracker.log_results(result_records(metrics, facts))
@@ -136,6 +157,8 @@ def execute(config: DictConfig, progress: bool = True) -> dict[str, Any]:
     print(f"\n{config.method.name} on {config.task.name} ({models}) — results in {store.root}\n"
           f"{format_table(result.rows)}")
     print(f"tables of experiment {config.experiment!r}: {', '.join(str(path) for path in tables)}")
+    headline = metrics["headline"]
+    print(f"headline: {headline['metric']} of {headline['arm']} = {headline['value']:.3f}")
     return metrics
 
 
@@ -203,7 +226,8 @@ def make_tracker(config: DictConfig, facts: RunFacts, run_folder: Path, name: st
                         job_type=config.method.name,
                         tags=run_tags({"task": facts.task, "student": facts.student, "teacher": facts.teacher},
                                       list(config.logger.tags)),
-                        config=OmegaConf.to_container(config, resolve=True), directory=run_folder)
+                        config=OmegaConf.to_container(config, resolve=True, enum_to_str=True),
+                        directory=run_folder)
 
 
 def _task_kind(task_name: str) -> str:
@@ -214,69 +238,26 @@ def _task_kind(task_name: str) -> str:
     return TASKS[task_name].kind
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
-def main(config: DictConfig) -> None:
+# An absolute path: relative to this module, Hydra would look for a Python package `conf` when the module is
+# imported (the `bench` console script) rather than run as `python -m bench`, and find no config at all.
+@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
+def main(config: DictConfig) -> float:
+    """One job. Returns its headline metric (metrics.json `headline.value`), which Hydra hands to the sweeper: so
+    `hydra/sweeper=optuna` (or Ax, Nevergrad) can optimise e.g. method.temperature over real runs."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    if HydraConfig.get().mode.name == "MULTIRUN":
+    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
         logger.info("multirun job %s", HydraConfig.get().job.num)
-    execute(config)
-
-
-METHOD_SHORTHANDS = ("cd", "rpkd", "onpolicy")
-
-
-def expand_method_shorthand(overrides: list[str]) -> list[str]:
-    """Accept `cd.<key>=...` / `rpkd.<key>=...` / `onpolicy.<key>=...` (the spelling the papers' users reach for) as
-    `method.<key>=...`.
-
-    Hydra keeps a group's options under the group's name (`method.`); the shorthand also selects the method when
-    no `method=` is given, and a shorthand that contradicts an explicit `method=` fails before any work.
-    """
-    used: set[str] = set()
-    expanded = []
-    for override in overrides:
-        prefix = override[: len(override) - len(override.lstrip("+~"))]
-        body = override[len(prefix):]
-        head, dot, rest = body.partition(".")
-        if dot and head in METHOD_SHORTHANDS:
-            used.add(head)
-            expanded.append(f"{prefix}method.{rest}")
-        else:
-            expanded.append(override)
-    if not used:
-        return expanded
-    if len(used) > 1:
-        raise SystemExit(f"error: options for two methods ({', '.join(sorted(used))}.*) in one command; "
-                         "a run has one method")
-    name = used.pop()
-    chosen = [o.split("=", 1)[1] for o in expanded if o.startswith("method=")]
-    if not chosen:
-        return [f"method={name}", *expanded]
-    if not any(name in value.split(",") for value in chosen):
-        raise SystemExit(f"error: {name}.* options need method={name}, but the command says method={chosen[-1]}")
-    return expanded
-
-
-PRESETS_DIR = REPO_ROOT / "conf" / "experiments"
-
-
-def check_preset_spelling(overrides: list[str]) -> None:
-    """`experiment=<preset>` only names the results folder, so it would silently run the default method: when the
-    name is a preset and no `+experiments=` loads one, stop and say how to load it."""
-    if any(o.lstrip("+~").startswith("experiments=") for o in overrides):
-        return
-    for override in overrides:
-        key, _, value = override.lstrip("+").partition("=")
-        if key == "experiment" and (PRESETS_DIR / f"{value}.yaml").is_file():
-            raise SystemExit(f"error: `experiment={value}` only names the results folder; to run the preset, write "
-                             f"`+experiments={value}` (it sets experiment={value} itself)")
+    return float(execute(config)["headline"]["value"])
 
 
 def entry() -> None:
+    """The `bench` console script and `python -m bench`: the command line's own checks and shorthands (bench.cli),
+    then Hydra."""
     check_preset_spelling(sys.argv[1:])
     sys.argv[1:] = expand_method_shorthand(sys.argv[1:])
     register_configs()
-    main()
+    with method_options_at_composition(grid=sweeps_methods(sys.argv[1:])):
+        main()
 
 
 if __name__ == "__main__":

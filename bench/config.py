@@ -1,16 +1,103 @@
 """Typed schemas for every config group, registered in Hydra's ConfigStore.
 
-Because conf/*.yaml files are validated against these dataclasses, a misspelt key (`task.limt=5`) or a wrong type
-(`task.limit=many`) fails at composition time with Hydra's own message, before any model is loaded.
+Because conf/*.yaml files are validated against these dataclasses, a misspelt key (`task.limt=5`), a wrong type
+(`task.limit=many`) or a value outside a field's choices (`logger.mode=offlin`) fails at composition time with
+Hydra's own message, listing the choices, before any model is loaded.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+
+class Choice(StrEnum):
+    """A field with a fixed set of values. Member NAMES equal their values (lowercase) because OmegaConf matches a
+    command-line value by name and writes an enum into config.yaml by name: so `logger.mode=offline` is what the user
+    types, config.yaml and the run's identity hash read exactly as they did when these fields were plain strings,
+    and code comparing a field to "offline" keeps working (a StrEnum is a str)."""
+
+
+class LoggerMode(Choice):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class Backend(Choice):
+    hf = "hf"
+    openai = "openai"
+
+
+class DType(Choice):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Sandbox(Choice):
+    nsjail = "nsjail"
+    none = "none"  # unsandboxed: an explicit opt-out that warns on every run
+
+
+class MathMode(Choice):
+    strict = "strict"
+    flexible = "flexible"
+
+
+class Selection(Choice):
+    greedy = "greedy"
+    independent = "independent"
+
+
+class Merge(Choice):
+    list = "list"
+    teacher = "teacher"
+
+
+class Acceptance(Choice):
+    mcnemar = "mcnemar"
+    gain = "gain"
+    min_items = "min_items"
+
+
+class Signal(Choice):
+    published = "published"
+    reference = "reference"
+    primed_response = "primed_response"
+    sequence = "sequence"
+    token = "reference"  # the earlier name: an alias, so `signal=token` composes to (and is recorded as) reference
+
+
+class KLDirection(Choice):
+    reverse = "reverse"
+    forward = "forward"
+
+
+class TopKTail(Choice):
+    renormalize = "renormalize"
+    rest_bucket = "rest_bucket"
+
+
+class Wording(Choice):
+    published = "published"
+    paraphrase = "paraphrase"
+
+
+class Optimizer(Choice):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class Scheduler(Choice):
+    none = "none"
+    cosine = "cosine"
 
 
 @dataclass
@@ -44,12 +131,12 @@ class ModelConfig:
     """A chat model served by one backend. Students and teachers use the same schema."""
 
     name: str = MISSING  # short name used in run ids and tables
-    backend: str = MISSING  # hf | openai
+    backend: Backend = MISSING  # hf | openai
     model_id: str = MISSING  # hub id, local folder, or API model name
     revision: str | None = None
     # hf backend
     gguf_file: str | None = None
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    dtype: DType = DType.auto  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
     batch_size: int = 8
     adapter_path: str | None = None  # LoRA adapter (peft) applied on top, e.g. a distilled student
@@ -70,11 +157,11 @@ class ModelConfig:
 
 @dataclass
 class ScoringConfig:
-    sandbox: str = "nsjail"  # nsjail | none (unsandboxed: explicit opt-out, warns on every run)
+    sandbox: Sandbox = Sandbox.nsjail  # nsjail | none (unsandboxed: explicit opt-out, warns on every run)
     workers: int | None = None  # parallel sandboxed programs; null = 4 x CPU count (at most 32)
     timeout_s: float = 10.0  # CPU seconds per program (its verdict's budget); wall limit 3x that x max(1, workers/CPUs)
     memory_mb: int = 1024
-    math_mode: str = "flexible"  # headline extraction mode; both modes are always recorded
+    math_mode: MathMode = MathMode.flexible  # headline extraction mode; both modes are always recorded
 
 
 @dataclass
@@ -82,7 +169,7 @@ class LoggerConfig:
     wandb: bool = False
     project: str = "bench"
     entity: str | None = None
-    mode: str = "offline"  # online | offline | disabled
+    mode: LoggerMode = LoggerMode.offline  # online | offline | disabled
     tags: list[str] = field(default_factory=list)
 
 
@@ -117,17 +204,18 @@ class CDConfig(MethodConfig):
     calls_per_round: int = 4  # induction requests sent together; the budget is checked between rounds
     malformed_retries: int = 2  # re-asks (new seed) when a teacher reply has no parseable rules
     dedup_similarity: float = 0.85  # rules this similar (difflib ratio, normalised text) count as duplicates
-    selection: str = "greedy"  # greedy (cumulative, in induction order) | independent (gain of each rule alone)
+    # greedy (cumulative, in induction order) | independent (gain of each rule alone)
+    selection: Selection = Selection.greedy
     # How a candidate rule earns its place on the validation items (cd_rules.judge): mcnemar (gain > 0 and a
     # one-sided exact McNemar p < acceptance_p on the items the two prompts disagree on) | gain (gain > min_gain:
     # one item can admit a rule) | min_items (wins - losses >= min_gain_items)
-    acceptance: str = "mcnemar"
+    acceptance: Acceptance = Acceptance.mcnemar
     acceptance_p: float = 0.05  # one-sided: only improvement can admit a rule (5 wins / 0 losses is the least)
     min_gain: float = 0.0  # acceptance=gain: kept only if validation accuracy rises by more than this
     min_gain_items: int = 3  # acceptance=min_items: net validation items won (3 = 5 points on 60 items)
     max_rules: int = 5
     validation_limit: int | None = None  # first N validation items (null = all)
-    merge: str = "list"  # list (numbered rules under the base prompt) | teacher (teacher consolidates them)
+    merge: Merge = Merge.list  # list (numbered rules under the base prompt) | teacher (teacher consolidates them)
     teacher_max_new_tokens: int = 512
     teacher_temperature: float = 0.0
     budget_usd: float | None = None  # stop induction cleanly once the teacher has cost this much
@@ -147,14 +235,14 @@ class LoRAConfig:
 class TrainConfig:
     """Optimisation of the LoRA parameters (and only those). Defaults are the published RP-KD recipe."""
 
-    optimizer: str = "sgd"  # sgd | adamw
+    optimizer: Optimizer = Optimizer.sgd  # sgd | adamw
     lr: float = 5e-6
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.01  # on the LoRA parameters, the only ones the optimizer holds
     # none (constant lr) | cosine: CosineAnnealingLR(T_max) stepped after EVERY optimizer step, eta_min 0. Past
     # T_max steps the rate climbs back up (cos is periodic), as published: 2 epochs of T_max = 2638 batch-1
     # steps anneal to 0 in epoch 1 and return to lr by the end of epoch 2.
-    scheduler: str = "cosine"
+    scheduler: Scheduler = Scheduler.cosine
     # null = the number of training items (published: len(train set)), i.e. one epoch of batch-1 steps. It is
     # a count of optimizer steps, so with batch_size * grad_accum > 1 an epoch has fewer steps than T_max.
     scheduler_t_max: int | None = None
@@ -178,14 +266,16 @@ class RPKDConfig(MethodConfig):
     priming: str | None = None  # one priming strategy instead of those in `arms` (baselines kept); for sweeps
     custom_priming: str | None = None  # text of the `custom` arm's priming prompt
     # published | reference | primed_response | sequence (bench/methods/response_priming.py; `token` = reference)
-    signal: str = "reference"
-    priming_wording: str = "published"  # published (the public code's strings, raw prefix) | paraphrase (ours)
+    signal: Signal = Signal.reference
+    # published (the public code's strings, raw prefix) | paraphrase (ours)
+    priming_wording: Wording = Wording.published
     top_k: int = 20  # teacher log-probs cached per answer position
     temperature: float = 5.942267335064758  # KD temperature T (repo value, from its Optuna search)
     alpha: float = 0.6093348343631224  # weight of cross-entropy; 1 - alpha weighs T^2 * KL (repo value)
-    kl_direction: str = "reverse"  # reverse = KL(student||teacher) (published) | forward = KL(teacher||student)
+    # reverse = KL(student||teacher) (published) | forward = KL(teacher||student)
+    kl_direction: KLDirection = KLDirection.reverse
     # renormalize | rest_bucket: the mass outside the teacher's top-k (kd.kd_loss; measured in conf/method/rpkd.yaml)
-    topk_tail: str = "rest_bucket"
+    topk_tail: TopKTail = TopKTail.rest_bucket
     train_limit: int | None = 2638  # first N train items (repo: GSM8K train[:2638])
     filter_correct: bool = True  # sequence-level: keep only teacher solutions the scorer accepts
     teacher_token_budget: int | None = None  # stop priming an arm once the teacher read + wrote this many tokens
@@ -247,17 +337,21 @@ class RunConfig:
     resume: bool = True  # reuse finished phases/artifacts of a run folder with the same name
 
 
+# Each method's schema, by method name: conf/method/<name>.yaml extends it (`- /<name>_schema@_here_`), and the
+# method options of the command line (`cd.<key>=...`, bench/cli.py) are validated against it.
+METHOD_SCHEMAS: dict[str, type[MethodConfig]] = {"baseline": BaselineConfig, "cd": CDConfig, "rpkd": RPKDConfig,
+                                                 "onpolicy": OnPolicyConfig, "compare": CompareConfig}
+
+
 def register_configs(store: ConfigStore | None = None) -> None:
-    """Register schemas so conf/*.yaml files are type-checked (each yaml names its schema in its defaults)."""
+    """Register the schemas so conf/*.yaml files are type-checked.
+
+    They are stored outside every config group: a schema stored in a group (`method/rpkd_schema`) is listed as one
+    of the group's options by `--help` and by shell completion, where it is no option to choose. The run schema
+    types task, student, teacher, scoring and logger; each method's yaml extends its own schema by absolute name."""
     store = store or ConfigStore.instance()
+    # conf/config.yaml's Hydra output folders end in the pid: two runs started in the same microsecond still differ
+    OmegaConf.register_new_resolver("pid", lambda: os.getpid(), replace=True)
     store.store(name="run_schema", node=RunConfig)
-    store.store(group="task", name="task_schema", node=TaskConfig)
-    store.store(group="student", name="model_schema", node=ModelConfig)
-    store.store(group="teacher", name="model_schema", node=ModelConfig)
-    store.store(group="scoring", name="scoring_schema", node=ScoringConfig)
-    store.store(group="logger", name="logger_schema", node=LoggerConfig)
-    store.store(group="method", name="baseline_schema", node=BaselineConfig)
-    store.store(group="method", name="cd_schema", node=CDConfig)
-    store.store(group="method", name="rpkd_schema", node=RPKDConfig)
-    store.store(group="method", name="onpolicy_schema", node=OnPolicyConfig)
-    store.store(group="method", name="compare_schema", node=CompareConfig)
+    for name, schema in METHOD_SCHEMAS.items():
+        store.store(name=f"{name}_schema", node=schema)

@@ -3,16 +3,23 @@
 Files are written to a temp name and renamed, so a crash never leaves a half-written metrics.json or
 samples.jsonl behind, and a resumed run can trust every file it finds. Each phase of a method records a
 `phases/<name>.done` marker only after its artifacts are complete.
+
+A run holds its folder for as long as it runs (`claim_run_folder`): two identical runs started at once would
+otherwise reset, resume and rewrite each other's phases and adapters.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +82,88 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
+LOCK_FILE = ".lock"
+# What a run writes before any work: a folder holding only these has no results (config.yaml, splits.json) or
+# none at all.
+BOOKKEEPING_FILES = frozenset({"config.yaml", "splits.json", LOCK_FILE})
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process holds the run folder: an identical run (same config, so the same folder) is running."""
+
+
+class RunFolderLock:
+    """An exclusive flock on `<folder>/.lock`, held for a whole run and released by the kernel if the process dies.
+
+    The lock file stays (it holds the current holder's pid, host and start time, empty when free): deleting it on
+    release would let a process that opened the old file and one that creates a new one both hold "the" lock."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or fail at once (no waiting: a second identical run is a mistake to report, not queue)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~process_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip()
+            os.close(fd)
+            raise RunFolderBusy(f"run folder {self.path.parent} is in use by {_describe_holder(holder)}: an identical "
+                                "run is already running there. Wait for it to finish, or give this run another "
+                                "run_name or experiment") from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        os.ftruncate(self._fd, 0)
+        os.close(self._fd)  # closing the last descriptor releases the flock
+        self._fd = None
+
+
+def _describe_holder(recorded: str) -> str:
+    try:
+        holder = json.loads(recorded)
+        return f"process {holder['pid']} on {holder['host']} (since {holder['since']})"
+    except (ValueError, KeyError, TypeError):
+        return "another process (it has not recorded its pid yet)"
+
+
+def holds_only_bookkeeping(folder: Path) -> bool:
+    """True when the folder has no file but config.yaml, splits.json and the lock file (empty folders count as
+    nothing): what a run leaves when it fails before producing anything."""
+    return all(path.relative_to(folder).as_posix() in BOOKKEEPING_FILES
+               for path in Path(folder).rglob("*") if not path.is_dir())
+
+
+@contextmanager
+def claim_run_folder(folder: Path) -> Iterator[RunStore]:
+    """The run's store, its folder locked for the duration (RunFolderBusy at once if another run holds it).
+
+    A run that fails having created the folder and written nothing but bookkeeping removes it, so a model that
+    failed to load leaves no junk folder behind; a folder that existed before (earlier results) is never removed."""
+    folder = Path(folder)
+    created = not folder.exists()
+    store = RunStore(folder)
+    lock = RunFolderLock(folder)
+    lock.acquire()
+    try:
+        yield store
+    except BaseException:
+        if created and holds_only_bookkeeping(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            logger.info("removed %s: the run failed before producing anything", folder)
+        raise
+    finally:
+        lock.release()
+
+
 class RunStore:
     """One run's folder: results/<experiment>/<run_name>/ with config, samples, metrics and artifacts."""
 
@@ -117,8 +206,11 @@ class RunStore:
             marker.unlink()
 
     def reset(self) -> None:
-        """Empty the folder (phases, artifacts, checkpoints, samples, metrics) for a fresh start."""
+        """Empty the folder (phases, artifacts, checkpoints, samples, metrics) for a fresh start; the lock file of
+        the run holding the folder stays."""
         for entry in self.root.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from compose import compose_config, needs_data
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from bench.__main__ import check_preset_spelling, config_identity, expand_method_shorthand, format_table
@@ -115,20 +116,29 @@ def test_format_table() -> None:
     assert "0.250" in table
 
 
-def test_method_shorthand_becomes_method_overrides_and_selects_the_method() -> None:
+def test_method_shorthand_becomes_method_options_and_selects_the_method() -> None:
+    """Each shorthand becomes the option dict of its method (merged into the method after composition, see
+    tests/test_cli.py), in place; a `method=` it selects goes right before it, among the overrides."""
     assert expand_method_shorthand(["cd.prompt_from=runs/x", "task=gsm8k"]) == \
-        ["method=cd", "method.prompt_from=runs/x", "task=gsm8k"]
+        ["method=cd", "++cd.prompt_from=runs/x", "task=gsm8k"]
     assert expand_method_shorthand(["-m", "method=rpkd", "rpkd.priming=teacher,confidence", "++rpkd.top_k=5"]) == \
-        ["-m", "method=rpkd", "method.priming=teacher,confidence", "++method.top_k=5"]
-    untouched = ["task=gsm8k", "student.name=cd.x", "+experiments=cd_smollm2"]
+        ["-m", "method=rpkd", "++rpkd.priming=teacher,confidence", "++rpkd.top_k=5"]
+    assert expand_method_shorthand(["task=gsm8k", "-m", "cd.max_rules=1,2"]) == \
+        ["task=gsm8k", "-m", "method=cd", "++cd.max_rules=1,2"]
+    untouched = ["task=gsm8k", "student.name=cd.x", "+experiments=cd_smollm2", "-cn", "cd.yaml"]
     assert expand_method_shorthand(untouched) == untouched
+    assert expand_method_shorthand(["+experiments=rpkd_smollm2", "rpkd.top_k=5"]) == \
+        ["+experiments=rpkd_smollm2", "++rpkd.top_k=5"]  # the preset chooses the method
 
 
 def test_method_shorthand_composes_into_the_method_schema() -> None:
-    config = compose_run(expand_method_shorthand(["rpkd.priming=confidence", "rpkd.alpha=0.5"]))
-    assert (config.method.name, config.method.priming, config.method.alpha) == ("rpkd", "confidence", 0.5)
-    with pytest.raises((ConfigCompositionException, ConfigKeyError)):
-        compose_run(expand_method_shorthand(["cd.max_rulez=3"]))
+    from bench.cli import method_options_at_composition
+
+    with method_options_at_composition():
+        config = compose_run(expand_method_shorthand(["rpkd.priming=confidence", "rpkd.alpha=0.5"]))
+        assert (config.method.name, config.method.priming, config.method.alpha) == ("rpkd", "confidence", 0.5)
+        with pytest.raises(ConfigCompositionException, match="max_rulez"):
+            compose_run(expand_method_shorthand(["cd.max_rulez=3"]))
 
 
 @pytest.mark.parametrize("overrides", [["method=rpkd", "cd.max_rules=3"], ["cd.max_rules=3", "rpkd.top_k=5"]])
@@ -160,7 +170,8 @@ def test_sampling_without_temperature_fails_before_any_work(tmp_path: Path) -> N
 
 def test_help_answers_and_lists_each_group_once(tmp_path: Path) -> None:
     """`--help` used to scan the whole repository (the presets' search path was its root), .venv/ and results/
-    included: minutes on a checkout with its virtual environment. The presets are now a config group in conf/."""
+    included: minutes on a checkout with its virtual environment. The presets are now a config group in conf/.
+    It also listed the schemas (`baseline_schema`, `model_schema`, ...) among each group's options."""
     heavy = REPO / "results" / "_help_probe"  # where the old search path looked: it listed this as a group
     for index in range(200):
         (heavy / f"d{index}").mkdir(parents=True, exist_ok=True)
@@ -176,6 +187,11 @@ def test_help_answers_and_lists_each_group_once(tmp_path: Path) -> None:
     assert "experiments" in groups and "method" in groups
     assert len(groups) == len(set(groups))
     assert "_help_probe" not in done.stdout and not any(group.startswith("results") for group in groups)
+    options = {line.split(": ")[0]: line.split(": ")[1].split(", ") for line in section.splitlines()
+               if re.match(r"^[a-z_/]+: ", line)}
+    assert options["method"] == ["baseline", "cd", "compare", "onpolicy", "rpkd"]
+    assert options["logger"] == ["none", "wandb"] and "model_schema" not in options["student"]
+    assert not [option for group in options.values() for option in group if option.endswith("_schema")]
 
 
 def test_experiment_named_like_a_preset_says_how_to_load_it() -> None:
@@ -223,3 +239,86 @@ def test_impossible_values_fail_before_any_work(tmp_path: Path, override: str) -
     with pytest.raises(ValueError, match="impossible"):
         _run_in_process(tmp_path, override)
     assert not (tmp_path / "results").exists()  # no folder, no model loaded, no teacher call
+
+
+# ------------------------------------------------------------------ headline: what a job returns to a sweeper
+@pytest.mark.parametrize("overrides, rows, arm, value", [
+    (["method=baseline"], [{"arm": "student", "accuracy": 0.25}], "student", 0.25),
+    (["method=baseline", "method.model=teacher"], [{"arm": "teacher", "accuracy": 0.5}], "teacher", 0.5),
+    (["method=cd"], [{"arm": "base prompt", "accuracy": 0.4}, {"arm": "CD prompt", "accuracy": 0.3}],
+     "CD prompt", 0.3),
+    (["method=rpkd", "method.arms=[no_train,gt_finetune,teacher,ground_truth]"],
+     [{"arm": "no_train", "accuracy": 0.5}, {"arm": "gt_finetune", "accuracy": 0.6},
+      {"arm": "teacher", "accuracy": 0.4}, {"arm": "ground_truth", "accuracy": 0.3}], "teacher", 0.4),
+    (["method=rpkd", "method.arms=[no_train,gt_finetune]"],
+     [{"arm": "no_train", "accuracy": 0.5}, {"arm": "gt_finetune", "accuracy": 0.6}], "gt_finetune", 0.6),
+    (["method=onpolicy"], [{"arm": "no_train", "accuracy": 0.5}, {"arm": "onpolicy", "accuracy": 0.2}],
+     "onpolicy", 0.2),
+    (["method=compare"], [{"arm": "student", "accuracy": 0.9}, {"arm": "cd", "accuracy": 0.1},
+                          {"arm": "gt_finetune", "accuracy": 0.8},
+                          {"arm": "rpkd/reference/ground_truth", "accuracy": 0.3}],
+     "rpkd/reference/ground_truth", 0.3),
+], ids=["baseline", "baseline-teacher", "cd", "rpkd", "rpkd-controls-only", "onpolicy", "compare"])
+def test_each_method_names_its_headline(overrides: list[str], rows: list[dict], arm: str, value: float) -> None:
+    """Baseline: the evaluated model; CD: the learned prompt; RP-KD: the best primed arm; on-policy: the distilled
+    student; compare: the best distilled arm (not the student alone, nor the GT fine-tune control)."""
+    from bench.methods import make_method
+    from bench.methods.base import Headline
+
+    assert make_method(compose_run(overrides).method).headline(rows) == Headline(arm=arm, value=value)
+
+
+@needs_data
+def test_the_task_function_returns_the_headline(tmp_path: Path) -> None:
+    """So a sweeper (hydra/sweeper=optuna, Ax) can optimise over runs: main() returned None."""
+    from bench.__main__ import main
+
+    config = compose_config([*FAST, "experiment=headline", f"results_dir={tmp_path / 'results'}",
+                             f"cache.path={tmp_path / 'cache.sqlite'}"])
+    returned = main(config)
+    (folder,) = (tmp_path / "results" / "headline").glob("baseline-*")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert isinstance(returned, float)
+    assert returned == metrics["headline"]["value"] == metrics["evaluation"]["accuracy"]["mean"]
+    assert metrics["headline"] == {"arm": "student", "value": returned, "metric": "accuracy"}
+
+
+# ------------------------------------------------------------------ the run folder: one run at a time, no junk
+@needs_data
+def test_a_run_that_fails_before_producing_anything_leaves_no_folder(tmp_path: Path) -> None:
+    """A missing API key (or a model that fails to load) used to leave a folder of config.yaml and splits.json."""
+    env_key = os.environ.pop("OPENAI_API_KEY", None)
+    try:
+        with pytest.raises(Exception, match="OPENAI_API_KEY"):
+            _run_in_process(tmp_path, "teacher=gpt4o", "method.model=teacher")
+    finally:
+        if env_key is not None:
+            os.environ["OPENAI_API_KEY"] = env_key
+    assert not (tmp_path / "results" / "fixed" / "fixed").exists()
+
+
+def test_a_failed_run_keeps_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    folder = tmp_path / "results" / "fixed" / "fixed"
+    folder.mkdir(parents=True)
+    other = compose_config([*FAST, "task.max_new_tokens=9"])
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(other, resolve=True))  # an earlier run's, alone
+    with pytest.raises(ValueError, match="different config"):
+        _run_in_process(tmp_path)
+    assert (folder / "config.yaml").exists()
+
+
+def test_a_second_identical_run_fails_at_once_naming_the_holder(tmp_path: Path) -> None:
+    """Two identical runs (the same folder) used to reset and rewrite each other's phases and adapters."""
+    from bench.tracking import RunFolderBusy, RunFolderLock
+
+    folder = tmp_path / "results" / "fixed" / "fixed"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text("{}")
+    holder = RunFolderLock(folder)
+    holder.acquire()
+    try:
+        with pytest.raises(RunFolderBusy, match=rf"{folder}.*process {os.getpid()}"):
+            _run_in_process(tmp_path, "resume=false")  # would have emptied the folder
+    finally:
+        holder.release()
+    assert (folder / "metrics.json").read_text() == "{}"

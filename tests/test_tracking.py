@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,8 @@ from bench.result_records import COST_FIELDS, ResultRecord, RunFacts, result_rec
 from bench.run_artifacts import report_artifact, run_artifacts
 from bench.tracking import RunStore, atomic_write_text, read_jsonl
 from bench.wandb_tracker import WandbTracker, wandb_run_id
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_atomic_write_leaves_no_temp_files_and_keeps_old_content_on_failure(tmp_path: Path) -> None:
@@ -45,6 +49,89 @@ def test_store_round_trips_and_phase_markers(tmp_path: Path) -> None:
     assert store.phase_done("init")
     store.clear_phases()
     assert not store.phase_done("init")
+
+
+# ------------------------------------------------------------------ one run per folder, no junk folders
+HOLD_LOCK = """
+import sys
+from bench.tracking import RunFolderLock
+lock = RunFolderLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def test_the_run_folder_lock_refuses_a_second_holder_at_once(tmp_path: Path) -> None:
+    """flock locks open file descriptions: two in one process contend like two processes would."""
+    from bench.tracking import RunFolderBusy, RunFolderLock
+
+    first, second = RunFolderLock(tmp_path), RunFolderLock(tmp_path)
+    first.acquire()
+    with pytest.raises(RunFolderBusy, match=rf"run folder {tmp_path} is in use by process {os.getpid()} on "):
+        second.acquire()
+    first.release()
+    second.acquire()  # free again
+    second.release()
+
+
+def test_the_run_folder_lock_names_another_process_holding_it(tmp_path: Path) -> None:
+    from bench.tracking import RunFolderBusy, RunFolderLock
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunFolderBusy, match=rf"in use by process {holder.pid} "):
+            RunFolderLock(tmp_path).acquire()
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    lock = RunFolderLock(tmp_path)
+    lock.acquire()  # released by the holder's exit
+    lock.release()
+
+
+def test_reset_keeps_the_lock_of_the_run_holding_the_folder(tmp_path: Path) -> None:
+    from bench.tracking import RunFolderBusy, claim_run_folder
+
+    with claim_run_folder(tmp_path / "run") as store:
+        store.write_json("phases/train.done", {})
+        store.reset()
+        assert [path.name for path in store.root.iterdir()] == [".lock"]
+        with pytest.raises(RunFolderBusy):
+            with claim_run_folder(tmp_path / "run"):
+                pass
+
+
+@pytest.mark.parametrize("existed, written, kept", [
+    (False, ["config.yaml", "splits.json"], False),  # failed before producing anything: no junk folder
+    (False, ["config.yaml", "splits.json", "samples/student.jsonl"], True),  # partial results are kept
+    (True, ["config.yaml", "splits.json"], True),  # the folder of an earlier run is never removed
+])
+def test_a_failed_run_removes_only_the_empty_folder_it_made(tmp_path: Path, existed: bool, written: list[str],
+                                                             kept: bool) -> None:
+    from bench.tracking import claim_run_folder
+
+    folder = tmp_path / "run"
+    if existed:
+        folder.mkdir()
+    with pytest.raises(RuntimeError, match="model failed to load"):
+        with claim_run_folder(folder) as store:
+            (folder / "artifacts").mkdir()  # an empty folder is nothing
+            for name in written:
+                store.write_text(name, "x")
+            raise RuntimeError("model failed to load")
+    assert folder.exists() == kept
+
+
+def test_a_finished_run_keeps_its_folder(tmp_path: Path) -> None:
+    from bench.tracking import claim_run_folder
+
+    with claim_run_folder(tmp_path / "run") as store:
+        store.write_text("config.yaml", "x")
+    assert (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_read_jsonl_names_the_bad_line(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -25,6 +26,16 @@ class MethodResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Headline:
+    """The one number a run is judged by: metrics.json's `headline`, and what the Hydra task function returns, so a
+    sweeper (Optuna, Ax) can optimise over runs. Each method says which of its arms it is (`Method.headline`)."""
+
+    arm: str
+    value: float
+    metric: str = "accuracy"  # test accuracy (pass@1 when sampled), the summary rows' `accuracy`
+
+
 class Method(ABC):
     name: ClassVar[str]
     roles: ClassVar[tuple[str, ...]]  # which models the method needs, built (and key-checked) before any work
@@ -40,6 +51,10 @@ class Method(ABC):
     @abstractmethod
     def run(self, ctx: RunContext) -> MethodResult:
         ...
+
+    @abstractmethod
+    def headline(self, rows: list[dict[str, Any]]) -> Headline:
+        """The run's headline among the summary rows `run` returned."""
 
 
 class LoRATrainingMethod(Method):
@@ -74,6 +89,15 @@ class LoRATrainingMethod(Method):
                 replace(config, adapter_path=adapter), cache)  # type: ignore[arg-type]
             results[arm] = ctx.evaluate(model, examples, split=split, name=f"test_{arm}")
         return split, results
+
+
+def best_arm(rows: list[dict[str, Any]], among: Callable[[str], bool]) -> Headline:
+    """The highest test accuracy among the rows whose arm `among` accepts (the first of equals, in row order)."""
+    candidates = [row for row in rows if among(str(row["arm"]))]
+    if not candidates:
+        raise ValueError(f"no arm to take the headline from among {[row['arm'] for row in rows]}")
+    best = max(candidates, key=lambda row: row["accuracy"])
+    return Headline(arm=str(best["arm"]), value=float(best["accuracy"]))
 
 
 def summary_row(arm: str, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -7,8 +7,10 @@ must match across runs and methods; the model is in metrics.json's `models` (the
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.context import RunContext
-from bench.methods.base import Method, MethodResult, summary_row
+from bench.methods.base import Headline, Method, MethodResult, best_arm, summary_row
 
 
 class Baseline(Method):
@@ -28,3 +30,7 @@ class Baseline(Method):
         result = ctx.evaluate(ctx.model(self.config.model), examples, split=split, name=self.config.model)
         return MethodResult(metrics={"evaluation": result.metrics, "split": split},
                             rows=[summary_row(self.config.model, result.metrics)])
+
+    def headline(self, rows: list[dict[str, Any]]) -> Headline:
+        """The evaluated model's test accuracy."""
+        return best_arm(rows, lambda arm: arm == self.config.model)

@@ -30,7 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bench.context import RunContext
-from bench.methods.base import Method, MethodResult, summary_row
+from bench.methods.base import Headline, Method, MethodResult, best_arm, summary_row
 from bench.methods.concept_distillation import ConceptDistillation
 from bench.methods.onpolicy import ARM as ONPOLICY_ARM
 from bench.methods.onpolicy import OnPolicyDistillation
@@ -127,6 +127,11 @@ class Compare(Method):
     @property
     def roles(self) -> tuple[str, ...]:  # type: ignore[override]
         return ("student", "teacher")
+
+    def headline(self, rows: list[dict[str, Any]]) -> Headline:
+        """The best distilled arm's test accuracy: CD's prompt, an RP-KD primed arm or the on-policy arm (not the
+        student alone, nor the GT fine-tune control)."""
+        return best_arm(rows, lambda arm: arm in ("cd", "onpolicy") or arm.startswith("rpkd/"))
 
     # ------------------------------------------------------------------ driver
     def run(self, ctx: RunContext) -> MethodResult:

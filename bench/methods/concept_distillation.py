@@ -32,7 +32,7 @@ from typing import Any
 
 from bench.context import RunContext
 from bench.evaluation import EvalResult, compare
-from bench.methods.base import Method, MethodResult, summary_row
+from bench.methods.base import Headline, Method, MethodResult, best_arm, summary_row
 from bench.methods.cd_rules import (ACCEPTANCES, TEACHER_SYSTEM, MalformedReply, Mistake, Rule, deduplicate,
                                     induction_prompt, judge, merge_prompt_request, parse_merged_prompt,
                                     parse_teacher_reply, prompt_with_rules)
@@ -84,6 +84,11 @@ class ConceptDistillation(Method):
     @property
     def roles(self) -> tuple[str, ...]:  # type: ignore[override]
         return ("student",) if self.config.prompt_from else ("student", "teacher")
+
+    def headline(self, rows: list[dict[str, Any]]) -> Headline:
+        """The learned (or transferred) prompt's test accuracy, not its gain over the base prompt: the base prompt's
+        accuracy is the same in every run of a sweep over CD's options."""
+        return best_arm(rows, lambda arm: arm == "CD prompt")
 
     # ------------------------------------------------------------------ driver
     def run(self, ctx: RunContext) -> MethodResult:

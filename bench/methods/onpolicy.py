@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.context import RunContext
 from bench.evaluation import compare
-from bench.methods.base import LoRATrainingMethod, MethodResult, summary_row
+from bench.methods.base import Headline, LoRATrainingMethod, MethodResult, best_arm, summary_row
 from bench.models.hf import load_model_and_tokenizer, resolve_device, resolve_dtype
 from bench.result_records import COST_FIELDS
 from bench.tasks.base import Example
@@ -63,6 +63,10 @@ class OnPolicyDistillation(LoRATrainingMethod):
         if config.train.optimizer not in ("sgd", "adamw") or config.train.scheduler not in SCHEDULERS:
             raise ValueError(f"method.train.optimizer must be sgd or adamw and method.train.scheduler one of "
                              f"{SCHEDULERS}; got {config.train.optimizer!r}, {config.train.scheduler!r}")
+
+    def headline(self, rows: list[dict[str, Any]]) -> Headline:
+        """The distilled student's test accuracy."""
+        return best_arm(rows, lambda arm: arm == ARM)
 
     # ------------------------------------------------------------------ driver
     def run(self, ctx: RunContext) -> MethodResult:

@@ -32,7 +32,7 @@ from typing import Any
 
 from bench.context import RunContext
 from bench.evaluation import compare
-from bench.methods.base import LoRATrainingMethod, MethodResult, summary_row
+from bench.methods.base import Headline, LoRATrainingMethod, MethodResult, best_arm, summary_row
 from bench.models.base import GenerationRequest, Message
 from bench.models.cost import FAILED_USAGE_LEDGER, UsageMeter, generate_metered
 from bench.models.hf import load_model_and_tokenizer, resolve_device, resolve_dtype
@@ -170,6 +170,12 @@ class ResponsePrimingKD(LoRATrainingMethod):
     def roles(self) -> tuple[str, ...]:  # type: ignore[override]
         primed = any(arm not in BASELINE_ARMS for arm in self.arms)
         return ("student", "teacher") if primed else ("student",)
+
+    def headline(self, rows: list[dict[str, Any]]) -> Headline:
+        """The best primed (distilled) arm's test accuracy, the one arm with `rpkd.priming=<arm>`; a run of baseline
+        arms only (no_train, gt_finetune) takes the best of those."""
+        primed = [row for row in rows if row["arm"] in PRIMING_ARMS]
+        return best_arm(primed or rows, lambda arm: True)
 
     # ------------------------------------------------------------------ driver
     def run(self, ctx: RunContext) -> MethodResult:
