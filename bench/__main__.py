@@ -173,6 +173,41 @@ def check_run_config(config: DictConfig) -> None:
         raise ValueError(f"task.samples={task.samples} is impossible; use 1 (greedy) or more (pass@k)")
     if task.max_new_tokens < 1:
         raise ValueError(f"task.max_new_tokens={task.max_new_tokens} is impossible; use a positive number")
+    for key, value, low, high in _bounded_values(config):
+        if value is not None and not (low <= value <= high):
+            bound = f">= {low}" if high == float("inf") else f"in [{low}, {high}]"
+            raise ValueError(f"{key}={value} is impossible; it must be {bound}")
+
+
+# Counts and rates a run cannot use, by key suffix anywhere under method/student/teacher/cache (method options
+# nest: compare holds cd/rpkd/onpolicy). A value of null means "all"/"off" and is left alone.
+_BOUNDS: dict[str, tuple[float, float]] = {
+    **{key: (1, float("inf")) for key in (
+        "train_limit", "train.epochs", "train.batch_size", "train.grad_accum", "train.max_length", "train.save_every",
+        "lora.r", "lora.alpha", "top_k", "teacher_batch_size", "teacher_token_budget", "train_sample",
+        "max_mistakes", "mistakes_per_call", "rules_per_call", "calls_per_round", "max_rules", "validation_limit",
+        "teacher_max_new_tokens", "max_completion_length", "budget_tokens", "batch_size", "flush_every",
+        "max_concurrency")},
+    **{key: (0, float("inf")) for key in ("malformed_retries", "min_gain_items", "budget_usd", "max_retries")},
+    "lora.dropout": (0, 0.99), "train.lr": (1e-12, float("inf")), "temperature": (0, float("inf")),
+    "alpha": (0, 1), "acceptance_p": (0, 1), "dedup_similarity": (0, 1), "beta": (0, 1),
+}
+
+
+def _bounded_values(config: DictConfig):
+    """(dotted key, value, low, high) for every bounded option of the run's method, models and cache."""
+    def walk(node: Any, prefix: str):
+        for key, value in node.items():
+            path = f"{prefix}.{key}"
+            if isinstance(value, DictConfig):
+                yield from walk(value, path)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) or value is None:
+                bound = next((_BOUNDS[suffix] for suffix in _BOUNDS if path.endswith(f".{suffix}")), None)
+                if bound:
+                    yield path, value, *bound
+
+    for section in ("method", "student", "teacher", "cache"):
+        yield from walk(config[section], section)
 
 
 def check_same_config(store: RunStore, config: DictConfig) -> None:

@@ -322,3 +322,27 @@ def test_a_second_identical_run_fails_at_once_naming_the_holder(tmp_path: Path) 
     finally:
         holder.release()
     assert (folder / "metrics.json").read_text() == "{}"
+
+
+# Defect: method.train_limit=0 failed after the models loaded, naming task.limit; train.epochs=0 "trained" 0 steps
+# and reported results; lora.r=0 surfaced as peft's message; cache.flush_every=0 rewrote a finished run's config.
+@pytest.mark.parametrize("overrides", [
+    ["method=rpkd", "method.train_limit=0"], ["method=rpkd", "method.train.epochs=0"],
+    ["method=rpkd", "method.lora.r=0"], ["method=rpkd", "method.lora.dropout=1.0"], ["method=rpkd", "method.alpha=1.5"],
+    ["method=onpolicy", "method.train.grad_accum=0"], ["method=cd", "method.max_rules=0"],
+    ["method=compare", "method.rpkd.train.lr=0"], ["cache.flush_every=0"], ["student.batch_size=0"],
+])
+def test_impossible_method_model_and_cache_values_are_named_before_any_work(overrides: list[str]) -> None:
+    from bench.__main__ import check_run_config
+
+    key = overrides[-1].split("=")[0]
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)}=\S+ is impossible"):
+        check_run_config(compose_run(overrides))
+
+
+def test_possible_values_pass_the_checks() -> None:
+    from bench.__main__ import check_run_config
+
+    for overrides in ([], ["method=rpkd"], ["method=cd"], ["method=onpolicy"], ["method=compare"],
+                      ["+experiments=rpkd_gsm8k_paper"], ["method=rpkd", "method.train_limit=null"]):
+        check_run_config(compose_run(overrides))
