@@ -152,6 +152,7 @@ class CachedChatModel:
         try:
             for start in range(0, len(misses), self.flush_every):
                 chunk = misses[start:start + self.flush_every]
+                bar.on_completed = self._store_as_it_arrives(keys, chunk)
                 try:
                     fresh: Sequence[Completion | None] = self.inner.generate([requests[i] for i in chunk],
                                                                              progress=bar)
@@ -164,6 +165,14 @@ class CachedChatModel:
         finally:
             bar.close()
         return results  # type: ignore[return-value]  # every slot is a hit or a fresh completion
+
+    def _store_as_it_arrives(self, keys: Sequence[str], chunk: Sequence[int]):
+        """Store each completion the moment the backend has it (index = position in `chunk`): a kill -9 in the
+        middle of a chunk then loses nothing a server already answered, so a resumed run never asks again."""
+        def store(index: int, completion: Completion) -> None:
+            if completion.finish_reason != "error":
+                self.cache.put_many([(keys[chunk[index]], completion)])
+        return store
 
     def _carrier(self, error: BaseException, keys: Sequence[str], chunk: Sequence[int],
                  results: list[Completion | None]) -> BaseException:

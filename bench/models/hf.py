@@ -167,7 +167,7 @@ class HFChatModel:
                 bar.start_batch(len(batch), params.max_new_tokens)
                 for index, completion in zip(batch, self._generate_batch([prompts[i] for i in batch], params, bar)):
                     results[index] = completion
-                bar.advance(len(batch))
+                    bar.completed(index, completion)
         finally:
             if owned:
                 bar.close()

@@ -235,7 +235,7 @@ class OpenAIChatModel:
             if index is None:
                 exited += 1
             else:
-                bar.advance(1)
+                bar.completed(index, batch.results[index])
 
     def _outcome(self, batch: _Batch) -> list[Completion]:
         if batch.first_error is None:

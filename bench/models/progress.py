@@ -9,8 +9,13 @@ comes down as batches end early on EOS.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from bench.models.base import Completion
 
 
 def format_seconds(seconds: float) -> str:
@@ -24,10 +29,14 @@ class GenerationProgress:
     """A bar over the requests of one generate call; backends report batches and decode steps into it.
 
     The cache wrapper makes one (hits count as done) and hands it to the backend, so the bar spans every chunk;
-    a backend called directly makes its own. Disabled, every method is a cheap no-op.
+    a backend called directly makes its own. Disabled, the bar draws nothing. Backends report each finished
+    request through `completed`, which also hands its completion to `on_completed` (the cache stores it there and
+    then: a run killed with -9 never asks a server again for a reply it was already given).
     """
 
-    def __init__(self, total: int, desc: str, enabled: bool = True, done: int = 0) -> None:
+    def __init__(self, total: int, desc: str, enabled: bool = True, done: int = 0,
+                 on_completed: Callable[[int, Completion], None] | None = None) -> None:
+        self.on_completed = on_completed
         self.enabled = enabled and total > done
         self.total = total
         self.done = done
@@ -75,6 +84,12 @@ class GenerationProgress:
         """`requests` more requests are finished."""
         self.done += requests
         self._bar.update(requests)
+
+    def completed(self, index: int, completion: Completion | None) -> None:
+        """Request `index` of the backend's call finished, answered (`completion`) or not (None)."""
+        if completion is not None and self.on_completed is not None:
+            self.on_completed(index, completion)
+        self.advance(1)
 
     def close(self) -> None:
         self._bar.close()

@@ -243,3 +243,22 @@ def test_one_progress_bar_spans_every_chunk_and_counts_hits_as_done(tmp_path) ->
     bar = inner.bars[-1]
     assert len(inner.bars) == 3 and inner.bars[1] is bar  # the second call's two chunks share one bar
     assert (bar.total, bar.done) == (5, 5)  # 1 hit + 4 generated
+
+
+def test_each_completion_is_stored_the_moment_it_arrives(tmp_path) -> None:
+    """A run killed with -9 mid-chunk lost every reply of that chunk (stored only when the chunk returned), so the
+    resumed run asked the server again for replies it had already been given. A process that dies without a
+    Python exception carrying them is stood in for by an error that carries nothing."""
+
+    class DiesAfterTheFirstReply(CountingModel):
+        def generate(self, requests, progress=True):
+            first = super().generate(requests[:1], progress)[0]
+            progress.completed(0, first)
+            raise SystemExit("killed")
+
+    cache = GenerationCache(tmp_path / "c.sqlite")
+    with pytest.raises(SystemExit):
+        CachedChatModel(DiesAfterTheFirstReply(), cache).generate([_request("a"), _request("b")])
+    inner = CountingModel()
+    results = CachedChatModel(inner, cache).generate([_request("a"), _request("b")])
+    assert inner.calls == [["b"]] and results[0].cached and results[0].text.startswith("echo")

@@ -136,7 +136,7 @@ def test_progress_moves_inside_a_batch_with_every_decode_step(tiny: HFChatModel)
     assert batches == [("batch", 2, 5), ("batch", 1, 5)]
     steps = [e[1] for e in progress.events if e[0] == "step"]
     assert steps[:5] == [1, 2, 3, 4, 5] and len(steps) >= 6  # the tiny random model never says EOS
-    assert [e for e in progress.events if e[0] == "done"] == [("done", 2), ("done", 1)]
+    assert [e for e in progress.events if e[0] == "done"] == [("done", 1)] * 3
     assert progress.done == 3
 
 
