@@ -207,7 +207,12 @@ class LoRATrainer:
         self.topk_tail = topk_tail
         self.pad_token_id = pad_token_id
         self.progress = progress
-        torch.manual_seed(train.seed)  # LoRA init is random: the same seed gives every arm the same start
+        # LoRA init is random: the same seed gives every arm the same start. Python's and numpy's generators are
+        # seeded too, so every stream a checkpoint saves is a function of the seed and the step alone, whatever
+        # ran earlier in the process (a resumed run's checkpoints are then byte-identical to an uninterrupted one's).
+        torch.manual_seed(train.seed)
+        random.seed(train.seed)
+        np.random.seed(train.seed)
         self.model = add_lora(model, lora)
         if train.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
