@@ -103,8 +103,8 @@ def execute(config: DictConfig, progress: bool = True) -> dict[str, Any]:
     from bench.tracking import claim_run_folder
 
     prepare_job_config(config)
+    check_run_config(config)  # before the method's imports (peft, TRL): a refused value answers in a second
     method = make_method(config.method)
-    check_run_config(config)
     name = run_name(config, method.roles)
     with claim_run_folder(Path(config.results_dir) / config.experiment / name) as store:
         return _execute_in(store, config, method, name, progress)

@@ -346,3 +346,9 @@ def test_possible_values_pass_the_checks() -> None:
     for overrides in ([], ["method=rpkd"], ["method=cd"], ["method=onpolicy"], ["method=compare"],
                       ["+experiments=rpkd_gsm8k_paper"], ["method=rpkd", "method.train_limit=null"]):
         check_run_config(compose_run(overrides))
+
+
+def test_every_registered_method_is_importable_under_its_name() -> None:
+    from bench.methods import METHODS, method_class
+
+    assert {name: method_class(name).name for name in METHODS} == {name: name for name in METHODS}
