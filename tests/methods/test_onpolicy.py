@@ -98,7 +98,7 @@ def test_an_api_teacher_fails_before_any_work(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("override", "message"), [
     ("method.on_policy_fraction=0.5", "on_policy_fraction=0.5.*1.0 is the one value"),
-    ("method.beta=1.5", "method.beta must be in"),
+    ("method.beta=1.5", r"method.beta=1.5 is impossible; it must be in \[0, 1\]"),
     ("method.temperature=0", "method.temperature must be > 0"),
 ])
 def test_invalid_knobs_fail_before_any_work(tmp_path: Path, override: str, message: str) -> None:

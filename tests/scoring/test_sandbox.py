@@ -166,7 +166,10 @@ executor.run("import time\\ntime.sleep(2.5)\\n")
 def _wait_for_staged_program(folder: Path, scorer: subprocess.Popen, timeout_s: float = 60) -> Path:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        staged = list(folder.rglob("program.py"))
+        try:
+            staged = list(folder.rglob("program.py"))
+        except FileNotFoundError:  # the scorer renamed its staging folder while the walk was inside it
+            staged = []
         if staged:
             return staged[0]
         assert scorer.poll() is None, scorer.stderr.read().decode()
