@@ -44,12 +44,33 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 # Keys that change where or how a run is logged but not what it computes: excluded from the run's identity.
 _NOT_IDENTITY = ("logger", "run_name", "resume", "results_dir", "experiment", "cache")
+# Nested keys that change how a result is computed (engine, launcher, parallelism) but not what: excluded too, so
+# adding such a setting does not rename (and stop resuming) every earlier run's folder. Dotted paths; a path under
+# `student.`/`teacher.` applies to both roles' model configs.
+NOT_IDENTITY_PATHS: tuple[str, ...] = ()
+
+
+def _without_paths(tree: dict, paths: tuple[str, ...]) -> dict:
+    tree = dict(tree)
+    for path in paths:
+        head, _, rest = path.partition(".")
+        if head in tree and rest and isinstance(tree[head], dict):
+            tree[head] = _without_paths(tree[head], (rest,))
+        elif head in tree and not rest:
+            del tree[head]
+    return tree
+
+
+def _identity_paths() -> tuple[str, ...]:
+    model_paths = [p.partition(".")[2] for p in NOT_IDENTITY_PATHS if p.startswith(("student.", "teacher."))]
+    return (*NOT_IDENTITY_PATHS, *(f"{role}.{p}" for p in model_paths for role in ("student", "teacher")))
 
 
 def config_identity(config: DictConfig) -> str:
     resolved = OmegaConf.to_container(config, resolve=True)
     assert isinstance(resolved, dict)
-    identity = {key: value for key, value in resolved.items() if key not in _NOT_IDENTITY}
+    identity = _without_paths({key: value for key, value in resolved.items() if key not in _NOT_IDENTITY},
+                              _identity_paths())
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -352,3 +352,18 @@ def test_every_registered_method_is_importable_under_its_name() -> None:
     from bench.methods import METHODS, method_class
 
     assert {name: method_class(name).name for name in METHODS} == {name: name for name in METHODS}
+
+
+def test_listed_nested_keys_leave_the_identity_alone(monkeypatch) -> None:
+    """A new engine/launcher setting is listed in NOT_IDENTITY_PATHS so it does not rename every earlier run."""
+    import bench.__main__ as cli
+
+    config = OmegaConf.create(OmegaConf.to_container(compose_run([])))  # untyped: new keys may be added
+    before = cli.config_identity(config)
+    config.student.engine_knob = "x"
+    config.teacher.engine_knob = "y"
+    assert cli.config_identity(config) != before
+    monkeypatch.setattr(cli, "NOT_IDENTITY_PATHS", ("student.engine_knob",))
+    assert cli.config_identity(config) == before
+    config.student.batch_size = 3  # what is not listed still counts
+    assert cli.config_identity(config) != before
