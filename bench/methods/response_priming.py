@@ -16,6 +16,9 @@ Teacher signals (`method.signal`), all sharing the optimiser, items, steps and s
   primed_response  the primed teacher writes its own solution, only those the scorer accepts are kept, and the
                    student learns that text with the teacher's top-k logits on it (priming shapes both);
   sequence         the kept teacher solutions as text only (API teachers, any tokenizer).
+The top-k of `reference` and `primed_response` come from a local teacher's forward pass (backend=hf) or, for a
+teacher too large to load, from a vLLM server's prompt log-probs (backend=openai; bench/training/served_logprobs.py:
+same cache, same tokenizer; its rest mass exists at T = 1 only, so topk_tail=rest_bucket needs method.temperature=1).
 Phases: build_dataset -> prime_teacher (per arm) -> train (per arm) -> evaluate; each writes its artifacts and a
 done-marker, and training checkpoints every `save_every` steps, so a killed run resumes where it stopped.
 """
@@ -37,13 +40,13 @@ from bench.models.base import GenerationRequest, Message
 from bench.models.cost import FAILED_USAGE_LEDGER, UsageMeter, generate_metered
 from bench.models.hf import load_model_and_tokenizer, resolve_device, resolve_dtype
 from bench.tasks.base import Example
-from bench.training.kd import aligned_sequence, answer_ids
+from bench.training.kd import AlignedSequence, aligned_sequence, answer_ids
 from bench.training.lora_trainer import LoRATrainer, TrainItem, lora_for_arm
 from bench.training.priming import (ARMS, BASELINE_ARMS, PRIMING_ARMS, Priming, PrimingWording, priming_for,
                                     select_arms, wording)
 from bench.training.published import PublishedItem, published_item, published_teacher_ids
-from bench.training.teacher_logits import (FullLogitsStore, TopKCache, check_disk_room, check_same_tokenizer,
-                                           compute_full_logits, compute_topk)
+from bench.training.teacher_logits import (FullLogitsStore, TopKCache, TopKItemStore, check_disk_room,
+                                           check_same_tokenizer, compute_full_logits, compute_topk)
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +185,7 @@ class ResponsePrimingKD(LoRATrainingMethod):
         student_config = ctx.model_config("student")
         if student_config.backend != "hf":
             raise ValueError("RP-KD fine-tunes the student's weights: the student needs backend=hf")
+        self._check_served_teacher(ctx)
         examples = self.build_dataset(ctx)
         adapters: dict[str, str | None] = {}
         for arm in self.arms:
@@ -253,29 +257,76 @@ class ResponsePrimingKD(LoRATrainingMethod):
         """The teacher's model and tokenizer, for the signals that read its logits (same vocabulary as the student)."""
         if ctx.model_config("teacher").backend != "hf":
             raise ValueError(f"method.signal={self.signal.value} needs the teacher's logits: use a local teacher "
-                             "(backend=hf), or method.signal=sequence for API teachers")
+                             "(backend=hf), method.signal=reference or primed_response (a vLLM-served teacher "
+                             "works there), or method.signal=sequence for API teachers")
         teacher = ctx.model("teacher")
         check_same_tokenizer(ctx.model("student").tokenizer, teacher.tokenizer)
         return teacher
 
     def _teacher_topk(self, ctx: RunContext, arm: str, priming: Priming, examples: list[Example],
                       targets: dict[str, str] | None, usage: TeacherUsage) -> TopKCache:
-        """Top-k logits of the primed teacher on the answer tokens the student will learn (aligned, same ids)."""
-        teacher = self._local_teacher(ctx)
-        tokenizer, max_length = teacher.tokenizer, self.train_config.max_length + 512  # room for the priming
-        sequences = {e.id: aligned_sequence(tokenizer, priming.apply(ctx.task.user_message(e)),
-                                            answer_ids(tokenizer, targets[e.id] if targets is not None
-                                                       else training_target(e, ctx.task.kind)), max_length)
-                     for e in examples if targets is None or e.id in targets}
-        kept = usage.take_forward({i: len(s.input_ids) for i, s in sequences.items()})
-        if not kept:
-            raise ValueError(f"{arm}: the teacher token budget leaves no item to prime ({usage.stopped})")
-        cache = compute_topk(teacher.model, {i: sequences[i] for i in kept}, self.config.top_k,
-                             self.config.teacher_batch_size, tokenizer.pad_token_id, progress=ctx.progress,
-                             temperature=self.config.temperature)
+        """Top-k logits of the primed teacher on the answer tokens the student will learn (aligned, same ids); from
+        a local teacher's forward passes, or from a served teacher's prompt log-probs (backend=openai)."""
+        served = ctx.model_config("teacher").backend == "openai"
+        teacher = None if served else self._local_teacher(ctx)
+        tokenizer = ctx.model("student").tokenizer if teacher is None else teacher.tokenizer
+        max_length = self.train_config.max_length + 512  # room for the priming
+        messages = {e.id: priming.apply(ctx.task.user_message(e)) for e in examples
+                    if targets is None or e.id in targets}
+        texts = {e.id: targets[e.id] if targets is not None else training_target(e, ctx.task.kind)
+                 for e in examples if e.id in messages}
+        sequences = {i: aligned_sequence(tokenizer, messages[i], answer_ids(tokenizer, texts[i]), max_length)
+                     for i in messages}
+        if teacher is None:
+            cache = self._served_topk(ctx, arm, tokenizer, messages, texts, sequences, usage)
+        else:
+            kept = usage.take_forward({i: len(s.input_ids) for i, s in sequences.items()})
+            if not kept:
+                raise ValueError(f"{arm}: the teacher token budget leaves no item to prime ({usage.stopped})")
+            cache = compute_topk(teacher.model, {i: sequences[i] for i in kept}, self.config.top_k,
+                                 self.config.teacher_batch_size, tokenizer.pad_token_id, progress=ctx.progress,
+                                 temperature=self.config.temperature)
         path = ctx.store.path(f"artifacts/{arm}/teacher_topk.pt")
         cache.save(path)
         usage.cache_bytes = path.stat().st_size
+        return cache
+
+    # ------------------------------------------------------------------ served teacher (vLLM prompt_logprobs)
+    def _check_served_teacher(self, ctx: RunContext) -> None:
+        """A served teacher's top-k are vLLM's prompt log-probs at T=1 (bench/training/served_logprobs.py): refuse a
+        loss they cannot give before any teacher call, not after priming."""
+        if "teacher" not in self.roles or ctx.model_config("teacher").backend != "openai" or self.config.alpha == 1.0 \
+                or self.signal not in (TeacherSignal.REFERENCE, TeacherSignal.PRIMED_RESPONSE):
+            return
+        from bench.training.served_logprobs import served_kd_problem
+
+        problem = served_kd_problem(self.config.topk_tail, self.config.temperature)
+        if problem:
+            raise ValueError(problem)
+
+    def _served_topk(self, ctx: RunContext, arm: str, tokenizer, messages: dict[str, str], texts: dict[str, str],
+                     sequences: dict[str, AlignedSequence], usage: TeacherUsage) -> TopKCache:
+        """The arm's TopKCache from the served teacher, one request per item, each kept as it arrives (a killed run
+        re-asks only the missing ones); the sequences are the student tokenizer's, which the server must share."""
+        from bench.models.openai_api import OpenAIChatModel
+        from bench.training.served_logprobs import ServedTeacher, check_served_tokenizer, fill_served_topk
+
+        api = OpenAIChatModel.from_config(ctx.model_config("teacher"))
+        teacher = ServedTeacher(api)
+        first = next(iter(sequences))
+        check_served_tokenizer(teacher, tokenizer, messages[first], texts[first],
+                               max(len(s.input_ids) for s in sequences.values()))
+        left = None if usage.budget_tokens is None else usage.budget_tokens - usage.tokens
+        store = TopKItemStore(ctx.store.path(f"artifacts/{arm}/served_topk"))
+        cache, served = fill_served_topk(teacher, sequences, store, self.config.top_k, self.config.temperature, left,
+                                         ctx.progress, vocab_size=len(tokenizer))
+        usage.calls += served.calls
+        usage.prompt_tokens += served.prompt_tokens
+        usage.completion_tokens += served.completion_tokens
+        usage.cost_usd += api.price.cost(served.prompt_tokens, served.completion_tokens)
+        usage.stopped = served.stopped or usage.stopped
+        if not cache.entries:
+            raise ValueError(f"{arm}: the teacher token budget leaves no item to prime ({usage.stopped})")
         return cache
 
     def _published_logits(self, ctx: RunContext, arm: str, priming: Priming, examples: list[Example],

@@ -2,7 +2,9 @@
 than the student):
 - TopKCache: top-k logits at the aligned answer positions (`reference`, `primed_response` signals), k values and
   k indices per answer token instead of a full vocabulary row (49k floats for SmolLM2), plus the teacher's
-  tempered mass outside its top k that the `rest_bucket` tail needs;
+  tempered mass outside its top k that the `rest_bucket` tail needs; TopKItemStore keeps the same entries one
+  file per item while a served teacher fills them (bench/training/served_logprobs.py), so that path resumes
+  item by item;
 - FullLogitsStore: full-vocabulary logits at the first positions of the raw primed question (`published`).
 """
 
@@ -96,6 +98,40 @@ def compute_topk(model, sequences: dict[str, AlignedSequence], k: int, batch_siz
     return TopKCache(entries, k, temperature)
 
 
+def item_path(directory: Path, example_id: str) -> Path:
+    """One file per example id: a readable slug plus a hash, so ids that slug alike never share a file."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", example_id)
+    return directory / f"{slug}-{hashlib.sha1(example_id.encode()).hexdigest()[:8]}.pt"
+
+
+class TopKItemStore:
+    """example id -> (TopKCache entry, the teacher tokens it cost), one torch file per item in a folder.
+
+    A served teacher answers item by item over the network; keeping each answer as it arrives means a killed or
+    failed priming phase re-asks only for the items it lacks, and the tokens already paid for are still counted.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def __contains__(self, example_id: str) -> bool:
+        return item_path(self.directory, example_id).exists()
+
+    def __getitem__(self, example_id: str) -> tuple[tuple[torch.Tensor, ...], dict[str, int]]:
+        path = item_path(self.directory, example_id)
+        if not path.exists():
+            raise KeyError(f"no teacher top-k stored for {example_id!r} in {self.directory}")
+        data = torch.load(path, weights_only=True)
+        return tuple(data["parts"]), dict(data["usage"])
+
+    def put(self, example_id: str, parts: tuple[torch.Tensor, ...], usage: dict[str, int]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = item_path(self.directory, example_id)
+        temp = path.with_suffix(".tmp")
+        torch.save({"parts": [part.contiguous().clone() for part in parts], "usage": dict(usage)}, temp)
+        temp.replace(path)
+
+
 class FullLogitsStore:
     """example id -> the teacher's full-vocabulary logits [n, V] (float16), one file per example in a folder.
 
@@ -109,8 +145,7 @@ class FullLogitsStore:
         self.directory = Path(directory)
 
     def _path(self, example_id: str) -> Path:
-        slug = re.sub(r"[^A-Za-z0-9_.-]", "_", example_id)
-        return self.directory / f"{slug}-{hashlib.sha1(example_id.encode()).hexdigest()[:8]}.pt"
+        return item_path(self.directory, example_id)
 
     def __contains__(self, example_id: str) -> bool:
         return self._path(example_id).exists()
