@@ -47,7 +47,7 @@ _NOT_IDENTITY = ("logger", "run_name", "resume", "results_dir", "experiment", "c
 # Nested keys that change how a result is computed (engine, launcher, parallelism) but not what: excluded too, so
 # adding such a setting does not rename (and stop resuming) every earlier run's folder. Dotted paths; a path under
 # `student.`/`teacher.` applies to both roles' model configs.
-NOT_IDENTITY_PATHS: tuple[str, ...] = ()
+NOT_IDENTITY_PATHS: tuple[str, ...] = ("student.generation_engine",)
 
 
 def _without_paths(tree: dict, paths: tuple[str, ...]) -> dict:

@@ -41,6 +41,15 @@ class DType(Choice):
     float16 = "float16"
 
 
+class GenerationEngine(Choice):
+    """How the hf backend decodes (bench/models/hf.py). Not part of a run's identity: it changes speed, not text
+    (in exact arithmetic; bf16 rounding may differ, as it does between batch sizes)."""
+
+    auto = "auto"  # static_compiled on CUDA, eager elsewhere
+    eager = "eager"  # transformers' dynamic KV cache, no compilation
+    static_compiled = "static_compiled"  # static KV cache + torch.compile'd decode step, shapes padded to buckets
+
+
 class Sandbox(Choice):
     nsjail = "nsjail"
     none = "none"  # unsandboxed: an explicit opt-out that warns on every run
@@ -139,6 +148,7 @@ class ModelConfig:
     dtype: DType = DType.auto  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
     batch_size: int = 8
+    generation_engine: GenerationEngine = GenerationEngine.auto  # auto | eager | static_compiled (not in identity)
     adapter_path: str | None = None  # LoRA adapter (peft) applied on top, e.g. a distilled student
     tiny: bool = False  # random small Llama with the SmolLM2 tokenizer: for tests and dry runs
     # openai backend
