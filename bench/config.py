@@ -350,8 +350,11 @@ def register_configs(store: ConfigStore | None = None) -> None:
     of the group's options by `--help` and by shell completion, where it is no option to choose. The run schema
     types task, student, teacher, scoring and logger; each method's yaml extends its own schema by absolute name."""
     store = store or ConfigStore.instance()
-    # conf/config.yaml's Hydra output folders end in the pid: two runs started in the same microsecond still differ
-    OmegaConf.register_new_resolver("pid", lambda: os.getpid(), replace=True)
+    # conf/config.yaml's Hydra output folders end in the pid: two runs started in the same microsecond still differ.
+    # Cached, so it is the pid of the process that composed the sweep: launchers that run jobs in other processes
+    # (submitit, on other nodes) copy the sweep's resolver cache into each job, whose .hydra/ and log then land in
+    # the sweep's folder instead of one named after the job's own pid.
+    OmegaConf.register_new_resolver("pid", lambda: os.getpid(), replace=True, use_cache=True)
     store.store(name="run_schema", node=RunConfig)
     for name, schema in METHOD_SCHEMAS.items():
         store.store(name=f"{name}_schema", node=schema)

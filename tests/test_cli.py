@@ -294,14 +294,14 @@ def test_runs_started_in_the_same_second_get_their_own_hydra_folders(monkeypatch
     from hydra.core.utils import setup_globals
 
     register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        config = compose(config_name="config", return_hydra_config=True)
     instant = datetime(2025, 1, 2, 3, 4, 5, 678901)
-    OmegaConf.register_new_resolver("now", lambda pattern: instant.strftime(pattern), replace=True)
     try:
         folders = {}
-        for pid in (4242, 4243):
+        for pid in (4242, 4243):  # each run composes its own config (the pid is cached per config: test_slurm.py)
             monkeypatch.setattr(os, "getpid", lambda pid=pid: pid)
+            with initialize_config_dir(config_dir=str(CONF), version_base=None):
+                config = compose(config_name="config", return_hydra_config=True)
+            OmegaConf.register_new_resolver("now", lambda pattern: instant.strftime(pattern), replace=True)
             folders[pid] = (OmegaConf.select(config, "hydra.run.dir"), OmegaConf.select(config, "hydra.sweep.dir"))
     finally:
         setup_globals()  # Hydra's own `now`
