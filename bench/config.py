@@ -173,10 +173,25 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
 
 
+class CacheLayout(Choice):
+    shared = "shared"  # one sqlite file (WAL): fast, for one machine or jobs on one node's local disk
+    sharded = "sharded"  # append-only JSONL shards, one per process, read together: for network storage (NFS)
+
+
 @dataclass
 class CacheConfig:
+    """The generation cache (bench/models/cache.py). `layout` decides how jobs share it: sqlite's locking and
+    WAL shared memory are unreliable on network file systems, so jobs on several nodes writing one cache on NFS
+    (a SLURM sweep) use `sharded`, which the conf/hydra/launcher/slurm_* presets select."""
+
     enabled: bool = True
-    path: str | None = None  # default: <user cache dir>/bench/generations.sqlite
+    # shared: the sqlite file (default <user cache dir>/bench/generations.sqlite); sharded: the shards live in the
+    # folder beside it named like it with the suffix .shards (default <user cache dir>/bench/generations.shards/)
+    path: str | None = None
+    # shared unless the environment says otherwise: a Hydra launcher preset cannot set a run setting (Hydra composes
+    # its config before the run's), so the SLURM presets set BENCH_CACHE_LAYOUT=sharded in their jobs' environment
+    # (hydra.job.env_set); `cache.layout=...` on the command line overrides both
+    layout: CacheLayout = "${oc.env:BENCH_CACHE_LAYOUT,shared}"  # type: ignore[assignment]
     flush_every: int = 64  # misses generated and stored per chunk: a killed run loses at most this many
 
 
