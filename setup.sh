@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs bench and everything it runs into ./.venv, on a fresh machine, from PyPI alone.
 #   ./setup.sh          runtime (+ `transformers serve` for local OpenAI-compatible teachers)
-#   ./setup.sh --test   the same plus the test dependencies
+#   ./setup.sh --test   the same plus the test dependencies and the `slurm` extra (the tests run SLURM-style
+#                       sweeps through submitit's local executor)
 # torch is installed first from a pinned release: an unpinned resolve pulls a multi-GB CUDA build onto CPU
 # machines. On a GPU machine, set TORCH_SPEC (e.g. TORCH_SPEC="torch==2.13.0 --index-url ...") before running.
 set -euo pipefail
@@ -12,7 +13,7 @@ TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 extras="serving"
 case "${1:-}" in
   "") ;;
-  --test) extras="serving,test" ;;
+  --test) extras="serving,test,slurm" ;;
   *) echo "usage: ./setup.sh [--test]" >&2; exit 2 ;;
 esac
 

@@ -183,10 +183,25 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
 
 
+class CacheLayout(Choice):
+    shared = "shared"  # one sqlite file (WAL): fast, for one machine or jobs on one node's local disk
+    sharded = "sharded"  # append-only JSONL shards, one per process, read together: for network storage (NFS)
+
+
 @dataclass
 class CacheConfig:
+    """The generation cache (bench/models/cache.py). `layout` decides how jobs share it: sqlite's locking and
+    WAL shared memory are unreliable on network file systems, so jobs on several nodes writing one cache on NFS
+    (a SLURM sweep) use `sharded`, which the conf/hydra/launcher/slurm_* presets select."""
+
     enabled: bool = True
-    path: str | None = None  # default: <user cache dir>/bench/generations.sqlite
+    # shared: the sqlite file (default <user cache dir>/bench/generations.sqlite); sharded: the shards live in the
+    # folder beside it named like it with the suffix .shards (default <user cache dir>/bench/generations.shards/)
+    path: str | None = None
+    # shared unless the environment says otherwise: a Hydra launcher preset cannot set a run setting (Hydra composes
+    # its config before the run's), so the SLURM presets set BENCH_CACHE_LAYOUT=sharded in their jobs' environment
+    # (hydra.job.env_set); `cache.layout=...` on the command line overrides both
+    layout: CacheLayout = "${oc.env:BENCH_CACHE_LAYOUT,shared}"  # type: ignore[assignment]
     flush_every: int = 64  # misses generated and stored per chunk: a killed run loses at most this many
 
 
@@ -360,8 +375,11 @@ def register_configs(store: ConfigStore | None = None) -> None:
     of the group's options by `--help` and by shell completion, where it is no option to choose. The run schema
     types task, student, teacher, scoring and logger; each method's yaml extends its own schema by absolute name."""
     store = store or ConfigStore.instance()
-    # conf/config.yaml's Hydra output folders end in the pid: two runs started in the same microsecond still differ
-    OmegaConf.register_new_resolver("pid", lambda: os.getpid(), replace=True)
+    # conf/config.yaml's Hydra output folders end in the pid: two runs started in the same microsecond still differ.
+    # Cached, so it is the pid of the process that composed the sweep: launchers that run jobs in other processes
+    # (submitit, on other nodes) copy the sweep's resolver cache into each job, whose .hydra/ and log then land in
+    # the sweep's folder instead of one named after the job's own pid.
+    OmegaConf.register_new_resolver("pid", lambda: os.getpid(), replace=True, use_cache=True)
     store.store(name="run_schema", node=RunConfig)
     for name, schema in METHOD_SCHEMAS.items():
         store.store(name=f"{name}_schema", node=schema)

@@ -21,12 +21,9 @@ def build_model(config: ModelConfig, cache: CacheConfig | None = None) -> ChatMo
     else:
         raise ValueError(f"unknown backend {config.backend!r} for model {config.name!r}; expected one of {BACKENDS}")
     if cache is not None and cache.enabled:
-        from pathlib import Path
+        from bench.models.cache import CachedChatModel, open_generation_cache
 
-        from bench.models.cache import CachedChatModel, GenerationCache, default_cache_path
-
-        model = CachedChatModel(model, GenerationCache(Path(cache.path) if cache.path else default_cache_path()),
-                                flush_every=cache.flush_every)
+        model = CachedChatModel(model, open_generation_cache(cache), flush_every=cache.flush_every)
     return model
 
 

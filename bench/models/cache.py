@@ -6,6 +6,10 @@ different settings (a recurring bug report against peer harnesses). Re-running a
 model calls, and misses are sent and stored in chunks, so a run killed half-way keeps what it already generated.
 Replies that arrived in a chunk that then failed or was interrupted are stored too: the backend hands them over on
 its PartialGenerationError / GenerationInterrupted, and they were paid for.
+
+Two storage layouts (`cache.layout`), the same keys and values: `shared`, one sqlite file (GenerationCache, below),
+for one machine; `sharded`, append-only JSONL shards, one per process (bench/models/cache_shards.py), for jobs on
+several nodes sharing a cache on network storage, where sqlite's locks and WAL are not safe.
 """
 
 from __future__ import annotations
@@ -19,15 +23,45 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
-
+from typing import TYPE_CHECKING, Protocol
 
 from bench.models.base import ChatModel, Completion, GenerationRequest, carried_completions, with_completions
 from bench.models.embedded import cache_root
 from bench.models.progress import GenerationProgress
 
+if TYPE_CHECKING:
+    from bench.config import CacheConfig
+
 
 def default_cache_path() -> Path:
     return cache_root() / "generations.sqlite"
+
+
+def shard_folder(path: Path) -> Path:
+    """Where `cache.layout=sharded` keeps its shards for `cache.path`: beside it, generations.sqlite ->
+    generations.shards/, so one cache.path serves both layouts (they do not read each other's entries)."""
+    return Path(path).with_suffix(".shards")
+
+
+class GenerationStore(Protocol):
+    """What CachedChatModel needs of a storage layout."""
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Completion]: ...
+
+    def put_many(self, items: Sequence[tuple[str, Completion]]) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+def open_generation_cache(config: CacheConfig) -> GenerationStore:
+    """The cache `config` describes: its layout at its path (default: the user's cache dir)."""
+    from bench.config import CacheLayout
+    from bench.models.cache_shards import ShardedGenerationCache
+
+    path = Path(config.path) if config.path else default_cache_path()
+    if config.layout == CacheLayout.sharded:
+        return ShardedGenerationCache(shard_folder(path))
+    return GenerationCache(path)
 
 
 def cache_key(backend: str, model_id: str, request: GenerationRequest) -> str:
@@ -42,6 +76,9 @@ class CorruptCacheError(RuntimeError):
 
 class GenerationCache:
     """sqlite key -> completion JSON; WAL mode and one connection per thread so worker threads can share it.
+
+    The `shared` layout: safe for any number of processes on one machine, not for several machines on network
+    storage (WAL's shared memory is per host): there, `cache.layout=sharded`.
 
     A damaged file (a disk filled mid-write, garbage bytes, a different sqlite file at cache.path) raises
     CorruptCacheError naming the file and the way out, rather than sqlite's bare 'file is not a database'."""
@@ -115,7 +152,7 @@ class CachedChatModel:
     ordered by prompt length before chunking, so a batching backend still pads similar lengths together.
     """
 
-    def __init__(self, inner: ChatModel, cache: GenerationCache, flush_every: int = 64) -> None:
+    def __init__(self, inner: ChatModel, cache: GenerationStore, flush_every: int = 64) -> None:
         if flush_every < 1:
             raise ValueError(f"cache.flush_every must be >= 1, got {flush_every}")
         self.inner = inner

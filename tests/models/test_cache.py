@@ -1,4 +1,5 @@
-"""The sqlite generation cache: keys, order, persistence, threads."""
+"""The generation cache: keys, order, persistence, threads, in both storage layouts (sqlite `shared`, JSONL
+`sharded`); the sharded layout's safety with several writers and torn lines is tested in test_cache_shards.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 
 from bench.models.base import (Completion, GenerationInterrupted, GenerationRequest, Message,
                                PartialGenerationError, SamplingParams)
-from bench.models.cache import CachedChatModel, CorruptCacheError, GenerationCache, cache_key
+from bench.models.cache import CachedChatModel, CorruptCacheError, GenerationCache, cache_key, shard_folder
+from bench.models.cache_shards import ShardedGenerationCache
 
 
 class CountingModel:
@@ -29,18 +31,26 @@ def _request(text: str, **params) -> GenerationRequest:
     return GenerationRequest.chat("sys", text, SamplingParams(**params))
 
 
-def test_miss_then_hit(tmp_path) -> None:
+@pytest.fixture(params=["shared", "sharded"])
+def open_cache(request):
+    """A cache at a path in either layout: every behaviour of CachedChatModel must hold for both."""
+    if request.param == "shared":
+        return GenerationCache
+    return lambda path: ShardedGenerationCache(shard_folder(path))
+
+
+def test_miss_then_hit(tmp_path, open_cache) -> None:
     inner = CountingModel()
-    model = CachedChatModel(inner, GenerationCache(tmp_path / "c.sqlite"))
+    model = CachedChatModel(inner, open_cache(tmp_path / "c.sqlite"))
     first = model.generate([_request("a")])
     second = model.generate([_request("a")])
     assert len(inner.calls) == 1
     assert first[0].text == second[0].text and not first[0].cached and second[0].cached
 
 
-def test_only_misses_reach_the_model_and_order_is_kept(tmp_path) -> None:
+def test_only_misses_reach_the_model_and_order_is_kept(tmp_path, open_cache) -> None:
     inner = CountingModel()
-    model = CachedChatModel(inner, GenerationCache(tmp_path / "c.sqlite"))
+    model = CachedChatModel(inner, open_cache(tmp_path / "c.sqlite"))
     model.generate([_request("b"), _request("d")])
     results = model.generate([_request(x) for x in "abcde"])
     assert inner.calls[-1] == ["a", "c", "e"]
@@ -66,28 +76,28 @@ def test_messages_model_and_backend_are_in_the_key() -> None:
     assert base == cache_key("hf", "m", _request("q"))
 
 
-def test_persists_across_instances(tmp_path) -> None:
-    CachedChatModel(CountingModel(), GenerationCache(tmp_path / "c.sqlite")).generate([_request("a")])
+def test_persists_across_instances(tmp_path, open_cache) -> None:
+    CachedChatModel(CountingModel(), open_cache(tmp_path / "c.sqlite")).generate([_request("a")])
     inner = CountingModel()
-    CachedChatModel(inner, GenerationCache(tmp_path / "c.sqlite")).generate([_request("a")])
+    CachedChatModel(inner, open_cache(tmp_path / "c.sqlite")).generate([_request("a")])
     assert inner.calls == []
 
 
-def test_errors_are_not_cached(tmp_path) -> None:
+def test_errors_are_not_cached(tmp_path, open_cache) -> None:
     class Failing(CountingModel):
         def generate(self, requests, progress=True):
             self.calls.append([])
             return [Completion(("",), finish_reason="error") for _ in requests]
 
     inner = Failing()
-    model = CachedChatModel(inner, GenerationCache(tmp_path / "c.sqlite"))
+    model = CachedChatModel(inner, open_cache(tmp_path / "c.sqlite"))
     model.generate([_request("a")])
     model.generate([_request("a")])
     assert len(inner.calls) == 2
 
 
-def test_threads_share_one_cache(tmp_path) -> None:
-    cache = GenerationCache(tmp_path / "c.sqlite")
+def test_threads_share_one_cache(tmp_path, open_cache) -> None:
+    cache = open_cache(tmp_path / "c.sqlite")
     model = CachedChatModel(CountingModel(), cache)
     errors: list[BaseException] = []
 
@@ -106,7 +116,7 @@ def test_threads_share_one_cache(tmp_path) -> None:
     assert not errors and len(cache) == 81
 
 
-def test_misses_are_stored_chunk_by_chunk_so_a_killed_run_keeps_its_work(tmp_path) -> None:
+def test_misses_are_stored_chunk_by_chunk_so_a_killed_run_keeps_its_work(tmp_path, open_cache) -> None:
     class DiesOnThirdCall(CountingModel):
         def generate(self, requests, progress=True):
             if len(self.calls) == 2:
@@ -115,19 +125,19 @@ def test_misses_are_stored_chunk_by_chunk_so_a_killed_run_keeps_its_work(tmp_pat
 
     path = tmp_path / "c.sqlite"
     with pytest.raises(KeyboardInterrupt):
-        CachedChatModel(DiesOnThirdCall(), GenerationCache(path), flush_every=2).generate(
+        CachedChatModel(DiesOnThirdCall(), open_cache(path), flush_every=2).generate(
             [_request(x) for x in "abcdef"], progress=False)
-    assert len(GenerationCache(path)) == 4
+    assert len(open_cache(path)) == 4
     inner = CountingModel()
-    results = CachedChatModel(inner, GenerationCache(path), flush_every=2).generate(
+    results = CachedChatModel(inner, open_cache(path), flush_every=2).generate(
         [_request(x) for x in "abcdef"], progress=False)
     assert inner.calls == [["e", "f"]]
     assert [r.text for r in results] == [f"echo {x}" for x in "abcdef"]
 
 
-def test_chunks_group_similar_prompt_lengths(tmp_path) -> None:
+def test_chunks_group_similar_prompt_lengths(tmp_path, open_cache) -> None:
     inner = CountingModel()
-    CachedChatModel(inner, GenerationCache(tmp_path / "c.sqlite"), flush_every=2).generate(
+    CachedChatModel(inner, open_cache(tmp_path / "c.sqlite"), flush_every=2).generate(
         [_request(x) for x in ("a", "bbbbbb", "cc", "dddddddd")], progress=False)
     assert inner.calls == [["dddddddd", "bbbbbb"], ["cc", "a"]]
 
@@ -157,44 +167,44 @@ class FailsOnSome(CountingModel):
 
 
 @pytest.mark.parametrize("error", [PartialGenerationError, GenerationInterrupted])
-def test_replies_that_arrived_before_a_failure_are_cached_and_passed_on(tmp_path, error) -> None:
+def test_replies_that_arrived_before_a_failure_are_cached_and_passed_on(tmp_path, error, open_cache) -> None:
     """A failed request used to take its chunk's answered (paid) siblings down with it: none was cached."""
     path = tmp_path / "c.sqlite"
-    CachedChatModel(CountingModel(), GenerationCache(path)).generate([_request("hit")])
-    model = CachedChatModel(FailsOnSome({"c"}, error), GenerationCache(path))
+    CachedChatModel(CountingModel(), open_cache(path)).generate([_request("hit")])
+    model = CachedChatModel(FailsOnSome({"c"}, error), open_cache(path))
     with pytest.raises(error) as caught:
         model.generate([_request(x) for x in ("a", "hit", "c", "d")], progress=False)
     slots = caught.value.completions  # mapped to this call's request order, the hit included
     assert [s and s.text for s in slots] == ["echo a", "echo hit", None, "echo d"]
     assert [s and s.cached for s in slots] == [False, True, None, False]
     inner = CountingModel()
-    CachedChatModel(inner, GenerationCache(path)).generate([_request(x) for x in ("a", "hit", "c", "d")])
+    CachedChatModel(inner, open_cache(path)).generate([_request(x) for x in ("a", "hit", "c", "d")])
     assert inner.calls == [["c"]], "the replies that arrived must not be asked (and paid) for again"
 
 
-def test_an_error_after_earlier_chunks_carries_their_completions(tmp_path) -> None:
+def test_an_error_after_earlier_chunks_carries_their_completions(tmp_path, open_cache) -> None:
     class DiesOnSecondChunk(CountingModel):
         def generate(self, requests, progress=True):
             if self.calls:
                 raise ConnectionError("server went away")
             return super().generate(requests, progress)
 
-    model = CachedChatModel(DiesOnSecondChunk(), GenerationCache(tmp_path / "c.sqlite"), flush_every=2)
+    model = CachedChatModel(DiesOnSecondChunk(), open_cache(tmp_path / "c.sqlite"), flush_every=2)
     with pytest.raises(PartialGenerationError, match="2 of 4 requests had completed") as caught:
         model.generate([_request(x) for x in ("aaaa", "bbb", "cc", "d")], progress=False)
     assert isinstance(caught.value.__cause__, ConnectionError)
     assert [s and s.text for s in caught.value.completions] == ["echo aaaa", "echo bbb", None, None]
 
 
-def test_an_error_with_nothing_new_passes_through_unchanged(tmp_path) -> None:
+def test_an_error_with_nothing_new_passes_through_unchanged(tmp_path, open_cache) -> None:
     class Broken(CountingModel):
         def generate(self, requests, progress=True):
             raise ConnectionError("refused")
 
     path = tmp_path / "c.sqlite"
-    CachedChatModel(CountingModel(), GenerationCache(path)).generate([_request("hit")])
+    CachedChatModel(CountingModel(), open_cache(path)).generate([_request("hit")])
     with pytest.raises(ConnectionError, match="refused"):  # only a hit: nothing was paid, nothing to carry
-        CachedChatModel(Broken(), GenerationCache(path)).generate([_request("hit"), _request("new")])
+        CachedChatModel(Broken(), open_cache(path)).generate([_request("hit"), _request("new")])
 
 
 # ---------------------------------------------------------------- a damaged cache file
@@ -221,7 +231,7 @@ def test_an_undecodable_stored_value_names_the_file_and_key(tmp_path) -> None:
     assert str(path) in str(caught.value) and "cache.path" in str(caught.value)
 
 
-def test_one_progress_bar_spans_every_chunk_and_counts_hits_as_done(tmp_path) -> None:
+def test_one_progress_bar_spans_every_chunk_and_counts_hits_as_done(tmp_path, open_cache) -> None:
     """The backend reports into the wrapper's bar (one per call), so it moves inside chunks, not once per chunk."""
     from bench.models.progress import GenerationProgress
 
@@ -237,7 +247,7 @@ def test_one_progress_bar_spans_every_chunk_and_counts_hits_as_done(tmp_path) ->
             return super().generate(requests, progress)
 
     inner = ReportingModel()
-    model = CachedChatModel(inner, GenerationCache(tmp_path / "c.sqlite"), flush_every=2)
+    model = CachedChatModel(inner, open_cache(tmp_path / "c.sqlite"), flush_every=2)
     model.generate([_request("a")], progress=False)
     model.generate([_request(x) for x in "abcde"])
     bar = inner.bars[-1]
@@ -245,7 +255,7 @@ def test_one_progress_bar_spans_every_chunk_and_counts_hits_as_done(tmp_path) ->
     assert (bar.total, bar.done) == (5, 5)  # 1 hit + 4 generated
 
 
-def test_each_completion_is_stored_the_moment_it_arrives(tmp_path) -> None:
+def test_each_completion_is_stored_the_moment_it_arrives(tmp_path, open_cache) -> None:
     """A run killed with -9 mid-chunk lost every reply of that chunk (stored only when the chunk returned), so the
     resumed run asked the server again for replies it had already been given. A process that dies without a
     Python exception carrying them is stood in for by an error that carries nothing."""
@@ -256,7 +266,7 @@ def test_each_completion_is_stored_the_moment_it_arrives(tmp_path) -> None:
             progress.completed(0, first)
             raise SystemExit("killed")
 
-    cache = GenerationCache(tmp_path / "c.sqlite")
+    cache = open_cache(tmp_path / "c.sqlite")
     with pytest.raises(SystemExit):
         CachedChatModel(DiesAfterTheFirstReply(), cache).generate([_request("a"), _request("b")])
     inner = CountingModel()
