@@ -115,7 +115,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def execute(config: DictConfig, progress: bool = True) -> dict[str, Any]:
+def execute(config: DictConfig, progress: bool = True, strict: bool = True) -> dict[str, Any]:
     """Run one job from a composed config; returns the metrics written to metrics.json, `headline` among them.
 
     The config is prepared first (method options merged, unknown keys refused: bench.cli), as the CLI does at
@@ -123,7 +123,7 @@ def execute(config: DictConfig, progress: bool = True) -> dict[str, Any]:
     from bench.methods import make_method
     from bench.tracking import claim_run_folder
 
-    prepare_job_config(config)
+    prepare_job_config(config, strict=strict)
     check_run_config(config)  # before the method's imports (peft, TRL): a refused value answers in a second
     method = make_method(config.method)
     name = run_name(config, method.roles)
@@ -303,7 +303,8 @@ def main(config: DictConfig) -> float:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
         logger.info("multirun job %s", HydraConfig.get().job.num)
-    return float(execute(config)["headline"]["value"])
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+    return float(execute(config, strict=not multirun)["headline"]["value"])
 
 
 def entry() -> None:

@@ -10,6 +10,7 @@ otherwise reset, resume and rewrite each other's phases and adapters.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -92,6 +93,10 @@ class RunFolderBusy(RuntimeError):
     """Another process holds the run folder: an identical run (same config, so the same folder) is running."""
 
 
+# flock errors that mean "this file system does not lock", not "someone holds the lock"
+UNLOCKABLE_ERRNOS = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL})
+
+
 class RunFolderLock:
     """An exclusive flock on `<folder>/.lock`, held for a whole run and released by the kernel if the process dies.
 
@@ -107,7 +112,15 @@ class RunFolderLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~process_umask())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as error:
+            if error.errno in UNLOCKABLE_ERRNOS:  # e.g. Lustre mounted without flock: run, but say what is lost
+                logger.warning("cannot lock run folder %s (%s): running unlocked, so an identical run started "
+                               "elsewhere would share the folder", self.path.parent, os.strerror(error.errno))
+                self._fd = fd
+                return
+            if not isinstance(error, BlockingIOError):
+                os.close(fd)
+                raise
             holder = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip()
             os.close(fd)
             raise RunFolderBusy(f"run folder {self.path.parent} is in use by {_describe_holder(holder)}: an identical "

@@ -143,10 +143,6 @@ def test_a_sweep_through_submitit_runs_each_job_in_a_process_of_its_own(tmp_path
 
 
 @needs_data
-@pytest.mark.xfail(strict=True, reason="bench.cli's composition hook is not active in a submitit worker, which "
-                   "composes its job again and then prepares it strictly in execute(): the baseline job refuses "
-                   "the cd.* options of the grid (fix: execute(strict=False) in Hydra's MULTIRUN mode, whose jobs "
-                   "the sweeper already checked in the submitting process)")
 def test_method_options_in_a_grid_over_methods_reach_the_submitit_jobs(tmp_path: Path) -> None:
     """`-m method=baseline,cd cd.<key>=...`: the cd job takes the option, the baseline job drops it, as under
     Hydra's basic launcher."""

@@ -384,3 +384,28 @@ def test_results_are_readable_by_colleagues_as_the_umask_allows(tmp_path: Path) 
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         os.umask(previous)
+
+
+def test_a_file_system_without_flock_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog) -> None:
+    """Lustre mounted without flock answers ENOSYS: every run failed there; now it runs and says what is lost."""
+    import errno
+    import fcntl
+
+    from bench.tracking import RunFolderLock
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    lock = RunFolderLock(tmp_path)
+    with caplog.at_level("WARNING"):
+        lock.acquire()
+    assert "running unlocked" in caplog.text
+    lock.release()
+
+    def broken(fd, operation):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(fcntl, "flock", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        RunFolderLock(tmp_path).acquire()
