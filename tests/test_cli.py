@@ -65,19 +65,21 @@ def yaml_digest(config: DictConfig) -> str:
 # work (commit b63000e): results folders are named by the identity, so these must not move, or every earlier run
 # stops resuming. A deliberate change of the config schema (a new field) changes them, and then this table.
 # The defaults then were task=gsm8k and a SmolLM2 batch of 16 (now multiarith and 64, for the default job's sake):
-# spelled out, those commands must still land in their old folders.
+# spelled out, those commands must still land in their old folders. The config.yaml digests moved once since, by
+# design: ModelConfig gained `server` (a managed server), which config.yaml shows under student and teacher while
+# the identities stay put (NOT_IDENTITY_PATHS).
 OLD_DEFAULTS = ("task=gsm8k", "student.batch_size=16", "teacher.batch_size=16")
 ANCHORS = {
-    OLD_DEFAULTS: ("ea08a9ac", "b7be5f540ed9cc60"),
-    ("+experiments=compare_smollm2",): ("952660d5", "7dc2667c7923aae2"),
-    (*OLD_DEFAULTS, "method=rpkd", "method.train_limit=8"): ("705fe78d", "0cc5af7a26727d76"),
-    (*OLD_DEFAULTS, "method=cd"): ("a7f81724", "f329c71b772bf6a3"),
-    (*OLD_DEFAULTS, "method=onpolicy"): ("8e172a75", "f08509e2c67b9169"),
-    (*OLD_DEFAULTS, "method=compare"): ("22a71a27", "f1a1c57657c5c826"),
-    ("+experiments=rpkd_gsm8k_paper",): ("215e094b", "9fc9eb06862ae464"),
-    ("+experiments=rpkd_smollm2", "logger=wandb"): ("0d574c7c", "5a7b86a7459a7d6c"),  # logger.mode: online
+    OLD_DEFAULTS: ("ea08a9ac", "ec6088b55631bd87"),
+    ("+experiments=compare_smollm2",): ("952660d5", "5f73d5fb501fe2e5"),
+    (*OLD_DEFAULTS, "method=rpkd", "method.train_limit=8"): ("705fe78d", "3f95330110802fc8"),
+    (*OLD_DEFAULTS, "method=cd"): ("a7f81724", "1e60d8adbe4feb6a"),
+    (*OLD_DEFAULTS, "method=onpolicy"): ("8e172a75", "266754988ffb730b"),
+    (*OLD_DEFAULTS, "method=compare"): ("22a71a27", "9975ba80ec4135ac"),
+    ("+experiments=rpkd_gsm8k_paper",): ("215e094b", "004bffba9705e839"),
+    ("+experiments=rpkd_smollm2", "logger=wandb"): ("0d574c7c", "7546e9923165c593"),  # logger.mode: online
     ("task=gsm8k", "student=tiny", "teacher=tiny", "scoring.sandbox=none", "scoring.math_mode=strict"):
-        ("3b01f753", "1f71e0af4b356db2"),
+        ("3b01f753", "ca01660266d82573"),
 }
 
 
