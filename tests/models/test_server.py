@@ -435,3 +435,15 @@ def test_a_served_config_composes_from_the_command_line_and_leaves_the_run_ident
     assert (example.student.server.engine, example.teacher.server.engine) == ("vllm", "vllm")
     assert example.student.backend == "openai" and example.student.server.args[:2] == ["--tensor-parallel-size", "1"]
 
+
+def test_report_tables_group_runs_alike_however_they_were_served() -> None:
+    """The tables group a variant's repeats by config: a run from before `server` existed, and runs whose servers
+    differ only in how they serve, are repeats of one variant, not rows of their own."""
+    from bench.reporting.runs import _identity
+
+    before = {"method": {"name": "baseline"}, "student": {"name": "s", "backend": "openai"}, "seed": 0}
+    served = {**before, "student": {**before["student"], "server": {"engine": "vllm", "args": ["--x"]}},
+              "teacher": {"server": {"engine": None}}}
+    other = {**served, "student": {**served["student"], "server": {"engine": "vllm", "args": ["--y"]}}}
+    assert _identity(before, {}) == _identity(served, {}) == _identity(other, {})
+    assert _identity(before, {}) != _identity({**before, "student": {"name": "s", "backend": "hf"}}, {})
