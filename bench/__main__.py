@@ -47,7 +47,10 @@ _NOT_IDENTITY = ("logger", "run_name", "resume", "results_dir", "experiment", "c
 # Nested keys that change how a result is computed (engine, launcher, parallelism) but not what: excluded too, so
 # adding such a setting does not rename (and stop resuming) every earlier run's folder. Dotted paths; a path under
 # `student.`/`teacher.` applies to both roles' model configs.
-NOT_IDENTITY_PATHS: tuple[str, ...] = ("student.generation_engine",)
+NOT_IDENTITY_PATHS: tuple[str, ...] = (
+    "student.generation_engine",  # eager or static+compiled decoding (bench/models/hf.py)
+    "student.server",  # a managed server (bench/models/served.py)
+)
 
 
 def _without_paths(tree: dict, paths: tuple[str, ...]) -> dict:
@@ -173,6 +176,8 @@ def _execute_in(store: RunStore, config: DictConfig, method: Method, name: str, 
     except BaseException:
         tracker.finish(failed=True)
         raise
+    finally:
+        ctx.stop_servers()  # managed servers (bench/models/served.py) end with the run, whatever ended it
     tracker.finish()
     models = ", ".join(f"{role}={config[role].name}" for role in method.roles)
     print(f"\n{config.method.name} on {config.task.name} ({models}) — results in {store.root}\n"

@@ -109,6 +109,11 @@ class Scheduler(Choice):
     cosine = "cosine"
 
 
+class Engine(Choice):
+    vllm = "vllm"
+    transformers = "transformers"  # `transformers serve`: CPU-friendly, no LoRA adapters
+
+
 @dataclass
 class TaskConfig:
     """Where a task's data comes from and how it is split and prompted."""
@@ -136,6 +141,33 @@ class TaskConfig:
 
 
 @dataclass
+class ServerConfig:
+    """An OpenAI-compatible server the harness starts for the run and stops at its end (bench/models/served.py).
+
+    With an engine set, the server is started on first use on 127.0.0.1, serves `model_id` (and, when LoRA arms are
+    evaluated, each adapter by name), and is stopped with its whole process group when the run ends, fails or is
+    interrupted. How a model is served does not change what it computes, so `student.server`/`teacher.server` are
+    left out of a run's identity. Always present (engine null = off) so the command line can switch it on:
+    `student.backend=openai student.server.engine=transformers`."""
+
+    engine: Engine | None = None  # null = no managed server (base_url is up already) | vllm | transformers
+    # Extra engine flags, verbatim, e.g. [--tensor-parallel-size, "2", --max-model-len, "4096"]. The harness owns
+    # the model, --host, --port, --dtype (from `dtype`), --revision and the LoRA/served-name flags: those are refused.
+    args: list[str] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)  # launcher; [] = `<engine> serve` beside Python, else on PATH
+    port: int | None = None  # null = a free port
+    startup_timeout_s: float = 600.0  # from launch until /v1/models lists every served name
+    env: dict[str, str] = field(default_factory=dict)  # added to the server's environment, e.g. CUDA_VISIBLE_DEVICES
+    # true: stopped whenever the run needs the GPU for something else (LoRA training; the server that evaluates
+    # LoRA arms), and started again on next use; false: kept up, for a server on GPUs of its own (env above)
+    yield_gpu: bool = True
+
+    @property
+    def managed(self) -> bool:
+        return self.engine is not None
+
+
+@dataclass
 class ModelConfig:
     """A chat model served by one backend. Students and teachers use the same schema."""
 
@@ -153,6 +185,7 @@ class ModelConfig:
     tiny: bool = False  # random small Llama with the SmolLM2 tokenizer: for tests and dry runs
     # openai backend
     base_url: str | None = None  # any OpenAI-compatible server (vLLM, `transformers serve`)
+    server: ServerConfig = field(default_factory=ServerConfig)  # engine set: the harness serves model_id itself
     api_key_env: str = "OPENAI_API_KEY"
     max_concurrency: int = 8
     max_retries: int = 5

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench.config import CacheConfig, ModelConfig, ScoringConfig
 from bench.evaluation import EvalResult, evaluate
-from bench.models import build_model
+from bench.models import build_model, with_cache
 from bench.models.base import ChatModel, SamplingParams
 from bench.tasks.base import Example, Task
 from bench.tracking import RunStore, Tracker
@@ -68,10 +70,51 @@ class RunContext:
             config = self.model_config(role)
             other = next((r for r in ROLES if r != role and r in self._models
                           and self.model_config(r) == config), None)
-            cache: CacheConfig = OmegaConf.to_object(self.config.cache)  # type: ignore[assignment]
-            self._models[role] = self._models[other] if other else build_model(config, cache)
+            self._models[role] = self._models[other] if other else build_model(
+                config, self._cache(), server_log=self.store.path(f"logs/server-{role}.log"))
             logger.info("%s: %s (%s backend)", role, self._models[role].model_id, self._models[role].backend)
         return self._models[role]
+
+    def _cache(self) -> CacheConfig:
+        return OmegaConf.to_object(self.config.cache)  # type: ignore[return-value]
+
+    @contextmanager
+    def adapter_models(self, role: str, adapters: Mapping[str, str | None]) -> Iterator[Callable[[str], ChatModel]]:
+        """`model_for(key)`: `role`'s model with the LoRA adapter at `adapters[key]` applied (None: the model as
+        configured). In-process backends load one at a time. A served model (server.engine) gets ONE server for
+        all of them, each adapter served by its key, so every arm is answered by the same engine; it is stopped
+        when the block ends, also on errors and Ctrl-C, and the run's other servers that yield the GPU are
+        stopped before it starts."""
+        config = self.model_config(role)
+        cache = self._cache()
+        if not config.server.managed:
+            yield lambda key: self.model(role) if adapters[key] is None else build_model(
+                dataclasses.replace(config, adapter_path=adapters[key]), cache)
+            return
+        from bench.models.served import ServedModel
+
+        served = ServedModel(config, {key: path for key, path in adapters.items() if path is not None},
+                             log_path=self.store.path(f"logs/server-{role}-adapters.log"))
+        self.yield_gpu()
+        with served:
+            yield lambda key: with_cache(served.chat_model(key if adapters[key] is not None else None), cache)
+
+    def yield_gpu(self) -> None:
+        """Stop the run's managed servers whose server.yield_gpu is set, before something else needs the GPU
+        (LoRA training, another server); each starts again at its model's next request."""
+        self._stop_servers(lambda config: config.server.yield_gpu)
+
+    def stop_servers(self) -> None:
+        """Stop every managed server this run started (the run's end, also after errors and Ctrl-C)."""
+        self._stop_servers(lambda config: True)
+
+    def _stop_servers(self, which: Callable[[ModelConfig], bool]) -> None:
+        stopped: set[int] = set()
+        for role, model in self._models.items():
+            stop = getattr(model, "stop_server", None)  # served models only (through the cache wrapper too)
+            if stop is not None and id(model) not in stopped and which(self.model_config(role)):
+                stopped.add(id(model))
+                stop()
 
     def set_model(self, role: str, model: ChatModel) -> None:
         """Replace a role's model, e.g. the student with a LoRA-distilled copy for evaluation."""

@@ -58,7 +58,8 @@ def compose_job(args: list[str], grid: bool = False) -> DictConfig:
 
 # Fields added to the schema since the anchors were taken. Each one changes config.yaml (but not the identity, which
 # leaves them out): the digest drops them, so the rest of config.yaml is still pinned byte for byte.
-ADDED_SINCE_ANCHOR = ("cache.layout", "student.generation_engine", "teacher.generation_engine")
+ADDED_SINCE_ANCHOR = ("cache.layout", "student.generation_engine", "teacher.generation_engine", "student.server",
+                      "teacher.server")
 
 
 def yaml_digest(config: DictConfig) -> str:
@@ -77,7 +78,8 @@ def yaml_digest(config: DictConfig) -> str:
 # work (commit b63000e): results folders are named by the identity, so these must not move, or every earlier run
 # stops resuming. A deliberate change of the config schema (a new field) changes them, and then this table.
 # The defaults then were task=gsm8k and a SmolLM2 batch of 16 (now multiarith and 64, for the default job's sake):
-# spelled out, those commands must still land in their old folders.
+# spelled out, those commands must still land in their old folders. Fields added since are left out of the digest
+# (ADDED_SINCE_ANCHOR above) as they are out of the identity (NOT_IDENTITY_PATHS).
 OLD_DEFAULTS = ("task=gsm8k", "student.batch_size=16", "teacher.batch_size=16")
 ANCHORS = {
     OLD_DEFAULTS: ("ea08a9ac", "b7be5f540ed9cc60"),

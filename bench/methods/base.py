@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from omegaconf import OmegaConf
-
-from bench.models import build_model
 
 if TYPE_CHECKING:
     from bench.config import LoRAConfig, TrainConfig
@@ -77,17 +75,31 @@ class LoRATrainingMethod(Method):
         return examples
 
     @staticmethod
+    def check_trainable_student(ctx: RunContext, adapters: bool = True) -> None:
+        """Before any work: the student's weights are on this machine to train (backend hf, or a server the harness
+        runs on model_id), and what evaluates the trained arms can apply their LoRA adapters (`adapters`)."""
+        config = ctx.model_config("student")
+        if config.backend != "hf" and not config.server.managed:
+            raise ValueError(f"LoRA training fine-tunes the student's weights: the student {config.name!r} needs "
+                             "backend=hf, or a server.engine the harness runs on them (e.g. student=vllm)")
+        if adapters and config.server.managed:
+            from bench.models.engines import SUPPORTS_ADAPTERS
+
+            if not SUPPORTS_ADAPTERS[config.server.engine]:
+                raise ValueError(f"student.server.engine={config.server.engine} cannot serve the LoRA adapters "
+                                 "the trained arms are evaluated with; use student.server.engine=vllm, or "
+                                 "backend=hf with server.engine=null")
+
+    @staticmethod
     def evaluate_adapters(ctx: RunContext, adapters: dict[str, str | None]) -> tuple[str, dict[str, EvalResult]]:
-        """(split, arm -> evaluation): each arm's student (None: no adapter) on the same test items, as `test_<arm>`."""
+        """(split, arm -> evaluation): each arm's student (None: no adapter) on the same test items, as `test_<arm>`.
+        A served student evaluates every arm on one server, each adapter served by its arm's name."""
         split = ctx.config.task.eval_split
         examples = ctx.task.examples(split, limit=ctx.config.task.limit)
-        config = ctx.model_config("student")
-        cache = OmegaConf.to_object(ctx.config.cache)
         results = {}
-        for arm, adapter in adapters.items():
-            model = ctx.model("student") if adapter is None else build_model(
-                replace(config, adapter_path=adapter), cache)  # type: ignore[arg-type]
-            results[arm] = ctx.evaluate(model, examples, split=split, name=f"test_{arm}")
+        with ctx.adapter_models("student", adapters) as model_for:
+            for arm in adapters:
+                results[arm] = ctx.evaluate(model_for(arm), examples, split=split, name=f"test_{arm}")
         return split, results
 
 

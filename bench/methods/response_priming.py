@@ -182,9 +182,7 @@ class ResponsePrimingKD(LoRATrainingMethod):
 
     # ------------------------------------------------------------------ driver
     def run(self, ctx: RunContext) -> MethodResult:
-        student_config = ctx.model_config("student")
-        if student_config.backend != "hf":
-            raise ValueError("RP-KD fine-tunes the student's weights: the student needs backend=hf")
+        self.check_trainable_student(ctx, adapters=any(arm != "no_train" for arm in self.arms))
         self._check_served_teacher(ctx)
         examples = self.build_dataset(ctx)
         adapters: dict[str, str | None] = {}
@@ -398,6 +396,7 @@ class ResponsePrimingKD(LoRATrainingMethod):
         if ctx.store.phase_done(f"train_{arm}") and (adapter / "adapter_config.json").exists():
             return str(adapter)
         config = ctx.model_config("student")
+        ctx.yield_gpu()  # a managed server (the teacher's, the student's) must not hold the GPU this trains on
         device = resolve_device(config.device)
         model, tokenizer, _ = load_model_and_tokenizer(dataclasses.replace(config, adapter_path=None), device,
                                                        resolve_dtype(config.dtype, device))

@@ -2,29 +2,43 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bench.config import CacheConfig, ModelConfig
 from bench.models.base import ChatModel, Completion, GenerationRequest, Message, SamplingParams
 
 BACKENDS = ("hf", "openai")
 
 
-def build_model(config: ModelConfig, cache: CacheConfig | None = None) -> ChatModel:
-    """The configured backend, wrapped in the persistent generation cache unless cache.enabled is false."""
-    if config.backend == "hf":
+def build_model(config: ModelConfig, cache: CacheConfig | None = None, server_log: Path | None = None) -> ChatModel:
+    """The configured backend, wrapped in the persistent generation cache unless cache.enabled is false. A config
+    with server.engine set is served by a server the harness starts on first use (bench/models/served.py), whose
+    output goes to `server_log`; stop it with the model's `stop_server()`."""
+    if config.server.managed:
+        from bench.models.served import ServedModel
+
+        model: ChatModel = ServedModel(config, log_path=server_log).chat_model()
+    elif config.backend == "hf":
         from bench.models.hf import HFChatModel
 
-        model: ChatModel = HFChatModel.from_config(config)
+        model = HFChatModel.from_config(config)
     elif config.backend == "openai":
         from bench.models.openai_api import OpenAIChatModel
 
         model = OpenAIChatModel.from_config(config)
     else:
         raise ValueError(f"unknown backend {config.backend!r} for model {config.name!r}; expected one of {BACKENDS}")
-    if cache is not None and cache.enabled:
-        from bench.models.cache import CachedChatModel, open_generation_cache
-
-        model = CachedChatModel(model, open_generation_cache(cache), flush_every=cache.flush_every)
-    return model
+    return with_cache(model, cache)
 
 
-__all__ = ["BACKENDS", "ChatModel", "Completion", "GenerationRequest", "Message", "SamplingParams", "build_model"]
+def with_cache(model: ChatModel, cache: CacheConfig | None) -> ChatModel:
+    """`model` behind the persistent generation cache, unless there is no cache config or it is disabled."""
+    if cache is None or not cache.enabled:
+        return model
+    from bench.models.cache import CachedChatModel, open_generation_cache
+
+    return CachedChatModel(model, open_generation_cache(cache), flush_every=cache.flush_every)
+
+
+__all__ = ["BACKENDS", "ChatModel", "Completion", "GenerationRequest", "Message", "SamplingParams", "build_model",
+           "with_cache"]

@@ -188,8 +188,11 @@ class OpenAIChatModel:
                                               timeout=request_timeout_s)
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> OpenAIChatModel:
-        return cls(config.model_id, base_url=config.base_url, api_key_env=config.api_key_env,
+    def from_config(cls, config: ModelConfig, model: str | None = None, base_url: str | None = None
+                    ) -> OpenAIChatModel:
+        """`model`/`base_url` replace the config's: a managed server (bench/models/served.py) serves model_id under
+        a name of its own, at an address it picked."""
+        return cls(model or config.model_id, base_url=base_url or config.base_url, api_key_env=config.api_key_env,
                    max_concurrency=config.max_concurrency, max_retries=config.max_retries,
                    request_timeout_s=config.request_timeout_s,
                    price=Price(config.price_input_per_mtok, config.price_output_per_mtok))

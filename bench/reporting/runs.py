@@ -264,7 +264,10 @@ def _identity(config: Mapping[str, Any], metrics: Mapping[str, Any]) -> tuple[tu
     """The run's settings without seeds, from config.yaml (else from metrics.json's top-level scalars)."""
     flat: dict[str, Any] = {}
     if config:
+        from bench.__main__ import _identity_paths  # how a run was served (student.server, ...) is no variant
+
         _flatten("", {k: v for k, v in config.items() if k not in _NOT_IDENTITY}, flat)
+        flat = {k: v for k, v in flat.items() if not any(k == p or k.startswith(f"{p}.") for p in _identity_paths())}
     else:
         _flatten("", {k: v for k, v in metrics.items() if k not in _NOT_IDENTITY_METRICS
                       and (not isinstance(v, Mapping) or k == "models")}, flat)
