@@ -13,8 +13,6 @@ can optimise over the harness.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import platform
@@ -32,6 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from bench.cli import (check_preset_spelling, expand_method_shorthand, method_options_at_composition,
                        prepare_job_config, sweeps_methods)
 from bench.config import register_configs
+from bench.identity import NOT_IDENTITY as _NOT_IDENTITY
+from bench.identity import config_identity
 
 if TYPE_CHECKING:
     from bench.methods import Method
@@ -42,41 +42,6 @@ logger = logging.getLogger("bench")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
-# Keys that change where or how a run is logged but not what it computes: excluded from the run's identity.
-_NOT_IDENTITY = ("logger", "run_name", "resume", "results_dir", "experiment", "cache")
-# Nested keys that change how a result is computed (engine, launcher, parallelism) but not what: excluded too, so
-# adding such a setting does not rename (and stop resuming) every earlier run's folder. Dotted paths; a path under
-# `student.`/`teacher.` applies to both roles' model configs.
-NOT_IDENTITY_PATHS: tuple[str, ...] = (
-    "student.generation_engine",  # eager or static+compiled decoding (bench/models/hf.py)
-    "student.server",  # a managed server (bench/models/served.py)
-)
-
-
-def _without_paths(tree: dict, paths: tuple[str, ...]) -> dict:
-    tree = dict(tree)
-    for path in paths:
-        head, _, rest = path.partition(".")
-        if head in tree and rest and isinstance(tree[head], dict):
-            tree[head] = _without_paths(tree[head], (rest,))
-        elif head in tree and not rest:
-            del tree[head]
-    return tree
-
-
-def _identity_paths() -> tuple[str, ...]:
-    model_paths = [p.partition(".")[2] for p in NOT_IDENTITY_PATHS if p.startswith(("student.", "teacher."))]
-    return (*NOT_IDENTITY_PATHS, *(f"{role}.{p}" for p in model_paths for role in ("student", "teacher")))
-
-
-def config_identity(config: DictConfig) -> str:
-    resolved = OmegaConf.to_container(config, resolve=True)
-    assert isinstance(resolved, dict)
-    identity = _without_paths({key: value for key, value in resolved.items() if key not in _NOT_IDENTITY},
-                              _identity_paths())
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
 def run_name(config: DictConfig, roles: tuple[str, ...]) -> str:
     if config.run_name:
         return str(config.run_name)

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from bench.identity import NOT_IDENTITY as _NOT_IDENTITY
+from bench.identity import identity_paths
 from bench.scoring.metrics import Interval
 
 
@@ -35,7 +37,6 @@ STUDENT_ALONE = "Student alone"
 
 # Config keys that change where or how a run is logged, not what it computes (as in bench.__main__), and the
 # seeds: two runs whose remaining config is equal are repeats of one variant, and their cells aggregate.
-_NOT_IDENTITY = ("logger", "run_name", "resume", "results_dir", "experiment", "cache")
 _NOT_IDENTITY_METRICS = ("run_id", "seed", "started", "wall_s", "environment", "rows", "pairs")
 
 
@@ -264,10 +265,8 @@ def _identity(config: Mapping[str, Any], metrics: Mapping[str, Any]) -> tuple[tu
     """The run's settings without seeds, from config.yaml (else from metrics.json's top-level scalars)."""
     flat: dict[str, Any] = {}
     if config:
-        from bench.__main__ import _identity_paths  # how a run was served (student.server, ...) is no variant
-
         _flatten("", {k: v for k, v in config.items() if k not in _NOT_IDENTITY}, flat)
-        flat = {k: v for k, v in flat.items() if not any(k == p or k.startswith(f"{p}.") for p in _identity_paths())}
+        flat = {k: v for k, v in flat.items() if not any(k == p or k.startswith(f"{p}.") for p in identity_paths())}
     else:
         _flatten("", {k: v for k, v in metrics.items() if k not in _NOT_IDENTITY_METRICS
                       and (not isinstance(v, Mapping) or k == "models")}, flat)
