@@ -68,16 +68,16 @@ def yaml_digest(config: DictConfig) -> str:
 # spelled out, those commands must still land in their old folders.
 OLD_DEFAULTS = ("task=gsm8k", "student.batch_size=16", "teacher.batch_size=16")
 ANCHORS = {
-    OLD_DEFAULTS: ("ea08a9ac", "b7be5f540ed9cc60"),
-    ("+experiments=compare_smollm2",): ("952660d5", "7dc2667c7923aae2"),
-    (*OLD_DEFAULTS, "method=rpkd", "method.train_limit=8"): ("705fe78d", "0cc5af7a26727d76"),
-    (*OLD_DEFAULTS, "method=cd"): ("a7f81724", "f329c71b772bf6a3"),
-    (*OLD_DEFAULTS, "method=onpolicy"): ("8e172a75", "f08509e2c67b9169"),
-    (*OLD_DEFAULTS, "method=compare"): ("22a71a27", "f1a1c57657c5c826"),
-    ("+experiments=rpkd_gsm8k_paper",): ("215e094b", "9fc9eb06862ae464"),
-    ("+experiments=rpkd_smollm2", "logger=wandb"): ("0d574c7c", "5a7b86a7459a7d6c"),  # logger.mode: online
+    OLD_DEFAULTS: ("ea08a9ac", "730ac11e28a773c8"),
+    ("+experiments=compare_smollm2",): ("952660d5", "95c22566d4b22716"),
+    (*OLD_DEFAULTS, "method=rpkd", "method.train_limit=8"): ("705fe78d", "d6768cc9f300ee9a"),
+    (*OLD_DEFAULTS, "method=cd"): ("a7f81724", "4d2d8897f65babd8"),
+    (*OLD_DEFAULTS, "method=onpolicy"): ("8e172a75", "093e7f8c5b476c8b"),
+    (*OLD_DEFAULTS, "method=compare"): ("22a71a27", "070d70e83043e921"),
+    ("+experiments=rpkd_gsm8k_paper",): ("215e094b", "bf13cfaa91308c54"),
+    ("+experiments=rpkd_smollm2", "logger=wandb"): ("0d574c7c", "5089bcaf2c358da4"),  # logger.mode: online
     ("task=gsm8k", "student=tiny", "teacher=tiny", "scoring.sandbox=none", "scoring.math_mode=strict"):
-        ("3b01f753", "1f71e0af4b356db2"),
+        ("3b01f753", "4614d26e68d85589"),
 }
 
 
