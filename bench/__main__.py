@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from bench.methods import Method
     from bench.result_records import RunFacts
     from bench.tracking import RunStore, Tracker
+    from bench.training.distributed import World
 
 logger = logging.getLogger("bench")
 
@@ -94,9 +95,28 @@ def execute(config: DictConfig, progress: bool = True, strict: bool = True) -> d
     prepare_job_config(config, strict=strict)
     check_run_config(config)  # before the method's imports (peft, TRL): a refused value answers in a second
     method = make_method(config.method)
+    world = _join_launch(method)
+    if not world.is_main:  # under torchrun / accelerate launch: rank 0 is the run, the others help it train
+        from bench.training.lora_trainer import serve_train_jobs
+
+        return serve_train_jobs()
     name = run_name(config, method.roles)
     with claim_run_folder(Path(config.results_dir) / config.experiment / name) as store:
-        return _execute_in(store, config, method, name, progress)
+        metrics = _execute_in(store, config, method, name, progress)
+    world.finish_run(metrics)
+    return metrics
+
+
+def _join_launch(method: Method) -> World:
+    """This process's place in a multi-process launch (rank 0 of 1 without one), its process group joined. Only a
+    method that trains across processes may be launched so: any other would leave ranks idle or repeat its work."""
+    from bench.training.distributed import World, connect_world
+
+    world = World.from_environment()
+    if world.distributed and not method.trains_across_processes:
+        raise ValueError(f"method={method.name} does not train across processes (only rpkd does): run it as one "
+                         f"process (python -m bench ...), not under a launcher with {world.size} processes")
+    return connect_world()
 
 
 def _execute_in(store: RunStore, config: DictConfig, method: Method, name: str, progress: bool) -> dict[str, Any]:

@@ -179,6 +179,10 @@ class ModelConfig:
     gguf_file: str | None = None
     dtype: DType = DType.auto  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
+    # null = the whole model on `device`; auto (or balanced | sequential) shards a model too big for one GPU over
+    # all visible GPUs (transformers' device_map, via accelerate) and ignores `device`. How, not what: not part of
+    # the run's identity. Under a multi-process launch each rank trains a whole copy on its own GPU instead.
+    device_map: str | None = None
     batch_size: int = 8
     generation_engine: GenerationEngine = GenerationEngine.auto  # auto | eager | static_compiled (not in identity)
     adapter_path: str | None = None  # LoRA adapter (peft) applied on top, e.g. a distilled student

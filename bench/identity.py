@@ -19,6 +19,7 @@ NOT_IDENTITY = ("logger", "run_name", "resume", "results_dir", "experiment", "ca
 NOT_IDENTITY_PATHS: tuple[str, ...] = (
     "student.generation_engine",  # eager or static+compiled decoding (bench/models/hf.py)
     "student.server",  # a managed server (bench/models/served.py)
+    "student.device_map",  # sharded loading for inference (accelerate's placement)
 )
 
 

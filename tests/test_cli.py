@@ -59,7 +59,7 @@ def compose_job(args: list[str], grid: bool = False) -> DictConfig:
 # Fields added to the schema since the anchors were taken. Each one changes config.yaml (but not the identity, which
 # leaves them out): the digest drops them, so the rest of config.yaml is still pinned byte for byte.
 ADDED_SINCE_ANCHOR = ("cache.layout", "student.generation_engine", "teacher.generation_engine", "student.server",
-                      "teacher.server")
+                      "teacher.server", "student.device_map", "teacher.device_map")
 
 
 def yaml_digest(config: DictConfig) -> str:

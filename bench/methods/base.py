@@ -37,6 +37,9 @@ class Headline:
 class Method(ABC):
     name: ClassVar[str]
     roles: ClassVar[tuple[str, ...]]  # which models the method needs, built (and key-checked) before any work
+    # whether a multi-process launch (torchrun) may run it: rank 0 runs it, the others serve its LoRA train jobs
+    # (bench/training/distributed.py). A method that does not hand its training to them would leave them idle.
+    trains_across_processes: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config

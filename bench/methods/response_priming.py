@@ -32,16 +32,15 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-
 from bench.context import RunContext
 from bench.evaluation import compare
 from bench.methods.base import Headline, LoRATrainingMethod, MethodResult, best_arm, summary_row
 from bench.models.base import GenerationRequest, Message
 from bench.models.cost import FAILED_USAGE_LEDGER, UsageMeter, generate_metered
-from bench.models.hf import load_model_and_tokenizer, resolve_device, resolve_dtype
 from bench.tasks.base import Example
+from bench.training.distributed import World
 from bench.training.kd import AlignedSequence, aligned_sequence, answer_ids
-from bench.training.lora_trainer import LoRATrainer, TrainItem, lora_for_arm
+from bench.training.lora_trainer import TrainItem, TrainJob, load_for_training, lora_for_arm, train_adapter
 from bench.training.priming import (ARMS, BASELINE_ARMS, PRIMING_ARMS, Priming, PrimingWording, priming_for,
                                     select_arms, wording)
 from bench.training.published import PublishedItem, published_item, published_teacher_ids
@@ -149,9 +148,11 @@ def published_answer(example: Example) -> str:
 
 class ResponsePrimingKD(LoRATrainingMethod):
     name = "rpkd"
+    trains_across_processes = True  # under torchrun: rank 0 runs every phase, all ranks train (TrainJob)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
+        World.from_environment().check_batch_split(self.train_config.batch_size)  # before any teacher call
         unknown = [arm for arm in config.arms if arm not in ARMS]
         if unknown or not config.arms:
             raise ValueError(f"unknown method.arms {unknown or '[]'}; choose from {list(ARMS)}")
@@ -395,12 +396,8 @@ class ResponsePrimingKD(LoRATrainingMethod):
         adapter = output / "adapter"
         if ctx.store.phase_done(f"train_{arm}") and (adapter / "adapter_config.json").exists():
             return str(adapter)
-        config = ctx.model_config("student")
         ctx.yield_gpu()  # a managed server (the teacher's, the student's) must not hold the GPU this trains on
-        device = resolve_device(config.device)
-        model, tokenizer, _ = load_model_and_tokenizer(dataclasses.replace(config, adapter_path=None), device,
-                                                       resolve_dtype(config.dtype, device))
-        tokenizer.padding_side = "right"
+        model, tokenizer = load_for_training(ctx.model_config("student"))
         if primed.ids is not None:  # items the teacher primed (filtered, or stopped by a budget)
             examples = [e for e in examples if e.id in primed.ids]
         items: list[TrainItem] | list[PublishedItem]
@@ -413,12 +410,12 @@ class ResponsePrimingKD(LoRATrainingMethod):
             if teacher is not None:  # the teacher saw up to max_length + 512 tokens; keep the student's span
                 teacher = teacher.trimmed({i.example_id: i.sequence.answer_length for i in items})
         alpha = self.config.alpha if primed.distills else 1.0
-        trainer = LoRATrainer(model, lora_for_arm(self.lora, arm, self.config.lora_dropout_by_arm),
-                              self.train_config, self.config.temperature, alpha, tokenizer.pad_token_id,
-                              progress=ctx.progress, kl_direction=self.config.kl_direction,
-                              topk_tail=self.config.topk_tail)
+        job = TrainJob(ctx.model_config("student"), lora_for_arm(self.lora, arm, self.config.lora_dropout_by_arm),
+                       self.train_config, self.config.temperature, alpha, tokenizer.pad_token_id,
+                       self.config.kl_direction, self.config.topk_tail, items, teacher, output)
         started = time.perf_counter()
-        report = trainer.train(items, teacher, output, on_log=lambda row: ctx.tracker.log({f"train/{arm}": row}))
+        report = train_adapter(job, model, progress=ctx.progress,
+                               on_log=lambda row: ctx.tracker.log({f"train/{arm}": row}))
         train_s = time.perf_counter() - started
         ctx.store.write_jsonl(f"artifacts/{arm}/losses.jsonl", report.losses)
         ctx.store.mark_phase_done(f"train_{arm}", {"items": len(items), "steps": report.steps, "alpha": alpha,

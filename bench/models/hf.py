@@ -138,6 +138,7 @@ def load_model_and_tokenizer(config: ModelConfig, device: torch.device, dtype: t
     """(model, tokenizer, model_id) for a hub id, a local folder, a GGUF file or one of the embedded models."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    placed = False  # by from_pretrained's device_map, across GPUs: then not moved onto `device`
     if config.tiny or config.model_id == embedded.TINY:
         model, tokenizer = embedded.build_tiny_llama(seed=config.seed)
         model_id = f"{embedded.TINY}@seed{config.seed}"
@@ -153,10 +154,13 @@ def load_model_and_tokenizer(config: ModelConfig, device: torch.device, dtype: t
         if config.gguf_file:
             kwargs["gguf_file"] = config.gguf_file
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        placed = config.device_map is not None
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, **kwargs, **({"device_map": config.device_map} if placed else {}))
         if config.revision:
             model_id += f"@{config.revision}"
-    model = model.to(device=device, dtype=dtype)
+    if not placed:
+        model = model.to(device=device, dtype=dtype)
     if config.adapter_path:
         from peft import PeftModel
 
