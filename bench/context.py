@@ -116,10 +116,6 @@ class RunContext:
                 stopped.add(id(model))
                 stop()
 
-    def set_model(self, role: str, model: ChatModel) -> None:
-        """Replace a role's model, e.g. the student with a LoRA-distilled copy for evaluation."""
-        self._models[role] = model
-
     def sampling(self, role: str, max_new_tokens: int | None = None, **overrides: Any) -> SamplingParams:
         config = self.model_config(role)
         return SamplingParams(max_new_tokens=max_new_tokens or self.config.task.max_new_tokens,

@@ -22,10 +22,6 @@ from bench.models.base import ChatModel, Completion, GenerationRequest, carried_
 FAILED_USAGE_LEDGER = "teacher_usage.failed.jsonl"
 
 
-class BudgetExceeded(RuntimeError):
-    """The configured spending cap is reached; callers stop issuing requests and keep what they have."""
-
-
 @dataclass(frozen=True)
 class Price:
     input_per_mtok: float = 0.0  # USD per million prompt tokens
@@ -74,11 +70,6 @@ class UsageMeter:
     def exhausted(self) -> bool:
         return ((self.budget_usd is not None and self.cost_usd >= self.budget_usd) or
                 (self.budget_tokens is not None and self.tokens >= self.budget_tokens))
-
-    def check_budget(self) -> None:
-        if self.exhausted():
-            raise BudgetExceeded(f"spent ${self.cost_usd:.4f} and {self.tokens} tokens of the budget "
-                                 f"(${self.budget_usd}, {self.budget_tokens} tokens)")
 
     def snapshot(self) -> dict[str, float | int | None]:
         with self._lock:

@@ -38,7 +38,3 @@ class Verdict:
         record = asdict(self)
         record["status"] = self.status.value
         return record
-
-    @classmethod
-    def from_dict(cls, record: dict[str, Any]) -> "Verdict":
-        return cls(status=Status(record["status"]), detail=record.get("detail", ""))
