@@ -35,14 +35,14 @@ from typing import Any
 from bench.context import RunContext
 from bench.evaluation import compare
 from bench.methods.base import Headline, LoRATrainingMethod, MethodResult, best_arm, summary_row
+from bench.methods.rpkd_arms import BASELINE_ARMS, PRIMING_ARMS, check_dropout_arms, select_arms
 from bench.models.base import GenerationRequest, Message
 from bench.models.cost import FAILED_USAGE_LEDGER, UsageMeter, generate_metered
 from bench.tasks.base import Example
 from bench.training.distributed import World
 from bench.training.kd import AlignedSequence, aligned_sequence, answer_ids
 from bench.training.lora_trainer import TrainItem, TrainJob, load_for_training, lora_for_arm, train_adapter
-from bench.training.priming import (ARMS, BASELINE_ARMS, PRIMING_ARMS, Priming, PrimingWording, priming_for,
-                                    select_arms, wording)
+from bench.training.priming import Priming, PrimingWording, priming_for, wording
 from bench.training.published import PublishedItem, published_item, published_teacher_ids
 from bench.training.teacher_logits import (FullLogitsStore, TopKCache, TopKItemStore, check_disk_room,
                                            check_same_tokenizer, compute_full_logits, compute_topk)
@@ -153,9 +153,8 @@ class ResponsePrimingKD(LoRATrainingMethod):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         World.from_environment().check_batch_split(self.train_config.batch_size)  # before any teacher call
-        unknown = [arm for arm in config.arms if arm not in ARMS]
-        if unknown or not config.arms:
-            raise ValueError(f"unknown method.arms {unknown or '[]'}; choose from {list(ARMS)}")
+        self.arms = select_arms(config.arms, config.priming)
+        check_dropout_arms(config.lora_dropout_by_arm)
         self.signal = teacher_signal(config.signal)
         self.wording = wording(config.priming_wording)
         if not 0.0 <= config.alpha <= 1.0 or config.temperature <= 0:
@@ -165,7 +164,6 @@ class ResponsePrimingKD(LoRATrainingMethod):
                              "(KL(student||teacher)); set method.kl_direction=reverse or choose another signal")
         if config.teacher_token_budget is not None and config.teacher_token_budget < 1:
             raise ValueError(f"method.teacher_token_budget must be >= 1 (or null), got {config.teacher_token_budget}")
-        self.arms = select_arms(config.arms, config.priming)
         for arm in self.arms:
             if arm in PRIMING_ARMS:
                 priming_for(arm, self.wording, config.custom_priming)  # fail now, not after training other arms

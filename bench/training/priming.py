@@ -12,7 +12,7 @@ it in a user turn, as every other prompt of the harness.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -47,10 +47,6 @@ PARAPHRASED_PRIMING: Mapping[str, str] = {
 }
 WORDINGS: Mapping[PrimingWording, Mapping[str, str]] = {PrimingWording.PUBLISHED: PUBLISHED_PRIMING,
                                                         PrimingWording.PARAPHRASE: PARAPHRASED_PRIMING}
-PRIMING_ARMS = (*PUBLISHED_PRIMING, "custom")
-TRAINING_ARMS = ("gt_finetune", *PRIMING_ARMS)
-ARMS = ("no_train", *TRAINING_ARMS)
-BASELINE_ARMS = ("no_train", "gt_finetune")
 
 
 @dataclass(frozen=True)
@@ -72,19 +68,6 @@ def wording(value: str | PrimingWording) -> PrimingWording:
     except ValueError:
         raise ValueError(f"unknown method.priming_wording {value!r}; choose from "
                          f"{[w.value for w in PrimingWording]}") from None
-
-
-def select_arms(arms: Sequence[str], priming: str | None) -> list[str]:
-    """The arms a run trains and evaluates: `arms`, or its baselines plus one priming strategy when `priming` is set.
-
-    `priming` is the issue's `rpkd.priming=...` switch: one strategy per job, so `-m rpkd.priming=teacher,confidence`
-    sweeps strategies, each job next to the same no-train and GT-finetune baselines.
-    """
-    if priming is None:
-        return list(arms)
-    if priming not in PRIMING_ARMS:
-        raise ValueError(f"unknown method.priming {priming!r}; choose from {list(PRIMING_ARMS)}")
-    return [arm for arm in arms if arm in BASELINE_ARMS] + [priming]
 
 
 def priming_for(arm: str, wording_name: str | PrimingWording = PrimingWording.PUBLISHED,

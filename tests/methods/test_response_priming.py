@@ -113,6 +113,12 @@ def test_published_signal_refuses_a_forward_kl(tmp_path: Path) -> None:
         execute(rpkd_config(tmp_path, "method.signal=published", "method.kl_direction=forward"), progress=False)
 
 
+def test_a_misspelt_dropout_arm_fails_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="lora_dropout_by_arm names unknown arms \\['bsae'\\]"):
+        execute(rpkd_config(tmp_path, "+method.lora_dropout_by_arm.bsae=0.2"), progress=False)
+    assert not (tmp_path / "results").exists()
+
+
 def test_primed_response_distils_the_teachers_own_kept_solution(tmp_path: Path) -> None:
     # The tiny teacher's solutions are never right: keep them all to see the alignment, then check the filter.
     metrics = execute(rpkd_config(tmp_path, "method.signal=primed_response", "method.filter_correct=false",

@@ -1,26 +1,10 @@
-"""Priming prompts and the arms a run selects (`method.arms`, or baselines plus one `method.priming`)."""
+"""Priming prompts: the published strings, the paraphrase, and how a priming meets the question."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.training.priming import (PARAPHRASED_PRIMING, PUBLISHED_PRIMING, PrimingWording, priming_for,
-                                    select_arms)
-
-
-def test_arms_are_used_as_given_without_priming() -> None:
-    assert select_arms(["no_train", "gt_finetune", "teacher"], None) == ["no_train", "gt_finetune", "teacher"]
-
-
-def test_priming_replaces_the_priming_arms_and_keeps_the_baselines() -> None:
-    assert select_arms(["no_train", "gt_finetune", "ground_truth", "teacher"], "confidence") == \
-        ["no_train", "gt_finetune", "confidence"]
-    assert select_arms(["ground_truth"], "base") == ["base"]
-
-
-def test_unknown_priming_names_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match="confidence"):
-        select_arms(["no_train"], "confident")
+from bench.training.priming import PARAPHRASED_PRIMING, PUBLISHED_PRIMING, PrimingWording, priming_for
 
 
 def test_custom_priming_needs_its_text() -> None:
