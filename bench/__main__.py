@@ -121,7 +121,7 @@ def _join_launch(method: Method) -> World:
 
 def _execute_in(store: RunStore, config: DictConfig, method: Method, name: str, progress: bool) -> dict[str, Any]:
     """The run itself, in its claimed folder."""
-    from bench.context import RunContext, make_checker
+    from bench.context import RunContext
     from bench.report import write_tables
     from bench.result_records import result_records
     from bench.run_artifacts import report_artifact, run_artifacts
@@ -133,7 +133,7 @@ def _execute_in(store: RunStore, config: DictConfig, method: Method, name: str, 
         check_same_config(store, config)
     store.write_text("config.yaml", OmegaConf.to_yaml(config, resolve=True))
     task_config = OmegaConf.to_object(config.task)
-    task = make_task(task_config, make_checker(_task_kind(config.task.name), OmegaConf.to_object(config.scoring)))
+    task = make_task(task_config, OmegaConf.to_object(config.scoring))  # the task builds its own scorer
     store.write_json("splits.json", {"seed": config.task.seed, "source": task.splits.source, **task.splits.ids()})
     facts = run_facts(config, method.roles)
     tracker = make_tracker(config, facts, store.root, name)
@@ -274,14 +274,6 @@ def make_tracker(config: DictConfig, facts: RunFacts, run_folder: Path, name: st
                                       list(config.logger.tags)),
                         config=OmegaConf.to_container(config, resolve=True, enum_to_str=True),
                         directory=run_folder)
-
-
-def _task_kind(task_name: str) -> str:
-    from bench.tasks import TASKS
-
-    if task_name not in TASKS:
-        raise ValueError(f"unknown task {task_name!r}; available: {', '.join(sorted(TASKS))}")
-    return TASKS[task_name].kind
 
 
 # An absolute path: relative to this module, Hydra would look for a Python package `conf` when the module is

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench.config import CacheConfig, ModelConfig, ScoringConfig
+from bench.config import CacheConfig, ModelConfig
 from bench.evaluation import EvalResult, evaluate
 from bench.models import build_model, with_cache
 from bench.models.base import ChatModel, SamplingParams
@@ -21,28 +21,6 @@ from bench.tracking import RunStore, Tracker
 logger = logging.getLogger(__name__)
 
 ROLES = ("student", "teacher")
-
-
-def make_checker(kind: str, scoring: ScoringConfig):
-    """The scorer a task kind needs, built from the scoring config (sandbox backend, limits, workers)."""
-    if kind == "math":
-        from bench.scoring.math import MathChecker
-
-        return MathChecker(scoring.math_mode)  # type: ignore[arg-type]
-    if kind == "code":
-        from bench.scoring.code import CodeChecker, CodeExecutor
-        from bench.scoring.sandbox import SandboxLimits, make_sandbox
-
-        # timeout_s is a CPU budget, so a verdict does not depend on how many sandboxes share the cores; the wall
-        # limit only catches programs that sleep or block, and the executor stretches it by its pool's load.
-        # (The multiple is not a config key: a new key would change every run's identity hash and so the name of
-        # every results folder that resumes today.)
-        limits = SandboxLimits(cpu_time_s=scoring.timeout_s, memory_mb=scoring.memory_mb)
-        executor = CodeExecutor(make_sandbox(scoring.sandbox), limits)
-        if scoring.workers is not None:
-            executor.workers = scoring.workers
-        return CodeChecker(executor)
-    raise ValueError(f"no checker for task kind {kind!r}")
 
 
 def model_config(config: DictConfig, role: str) -> ModelConfig:

@@ -17,7 +17,6 @@ import torch
 from bench.config import ModelConfig, TaskConfig
 from bench.models.base import SamplingParams
 from bench.models.hf import HFChatModel
-from bench.scoring.math import MathChecker
 from bench.tasks import make_task
 
 
@@ -38,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    task = make_task(TaskConfig(name="gsm8k", hub_id="openai/gsm8k", hub_config="main"), MathChecker())
+    task = make_task(TaskConfig(name="gsm8k", hub_id="openai/gsm8k", hub_config="main"))
     model = HFChatModel.from_config(ModelConfig(name="bench", backend="hf", model_id=args.model))
     params = SamplingParams(max_new_tokens=args.max_new_tokens)
     requests = [task.request(example, params=params) for example in task.examples("test", limit=args.prompts)]

@@ -17,7 +17,6 @@ import torch
 
 from bench.config import LoRAConfig, ModelConfig, TaskConfig, TrainConfig
 from bench.models.hf import load_model_and_tokenizer
-from bench.scoring.math import MathChecker
 from bench.tasks import make_task
 from bench.training.kd import aligned_sequence, answer_ids
 from bench.training.lora_trainer import LoRATrainer, TrainItem
@@ -44,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    task = make_task(TaskConfig(name="gsm8k", hub_id="openai/gsm8k", hub_config="main"), MathChecker())
+    task = make_task(TaskConfig(name="gsm8k", hub_id="openai/gsm8k", hub_config="main"))
     examples = task.examples("train", limit=args.batch_size)
     config = ModelConfig(name="bench", backend="hf", model_id=args.model)
     model, tokenizer, model_id = load_model_and_tokenizer(config, torch.device("cpu"), torch.float32)

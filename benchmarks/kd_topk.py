@@ -26,7 +26,6 @@ import torch
 from bench.config import LoRAConfig, ModelConfig, TaskConfig
 from bench.models import embedded
 from bench.models.hf import load_model_and_tokenizer
-from bench.scoring.math import MathChecker
 from bench.tasks import make_task
 from bench.training.kd import (KL_DIRECTIONS, TOPK_TAILS, aligned_sequence, answer_ids, answer_logits, exact_kl,
                                kd_loss, teacher_topk)
@@ -111,8 +110,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
 
-    task = make_task(TaskConfig(name="gsm8k", hub_id="openai/gsm8k", hub_config="main", source="local"),
-                     MathChecker())
+    task = make_task(TaskConfig(name="gsm8k", hub_id="openai/gsm8k", hub_config="main", source="local"))
     examples = task.examples("train", limit=args.items)
     model, tokenizer, model_id = load(args.tiny)
     vocab = model.config.vocab_size

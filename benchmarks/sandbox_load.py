@@ -8,7 +8,7 @@ N copies of one correct program that does a fixed amount of work, calibrated on 
 
   before: the wall limit is the timeout (and the CPU limit its ceiling), whatever the pool's size; emulated with
           `CodeExecutor(scale_wall_to_load=False)` and `SandboxLimits(wall_time_s=timeout, cpu_time_s=timeout)`.
-  after:  what `make_checker` builds from `scoring.*`: the timeout is a CPU budget, and the wall limit is
+  after:  what `code_checker` builds from `scoring.*`: the timeout is a CPU budget, and the wall limit is
           timeout x 3 (DEFAULT_WALL_MULTIPLE) x max(1, workers / CPUs), a safety net for programs that sleep or block.
 
 Every program is correct and needs the same CPU time, so any timeout is the load's doing, not the program's. The
@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bench.config import ScoringConfig
-from bench.context import make_checker
+from bench.scoring.code import code_checker
 from bench.scoring.code import CodeExecutor, available_cpus
 from bench.scoring.sandbox import ProcessOutcome, SandboxLimits, TimeoutKind, make_sandbox
 from bench.scoring.verdict import Status, Verdict
@@ -82,7 +82,7 @@ def executor_for(policy: str, sandbox: str, timeout_s: float, workers: int) -> C
     if policy == "before":
         limits = SandboxLimits(wall_time_s=timeout_s, cpu_time_s=timeout_s)
         return CodeExecutor(make_sandbox(sandbox), limits, workers=workers, scale_wall_to_load=False)
-    return make_checker("code", ScoringConfig(sandbox=sandbox, timeout_s=timeout_s, workers=workers)).executor
+    return code_checker(ScoringConfig(sandbox=sandbox, timeout_s=timeout_s, workers=workers)).executor
 
 
 def run_setting(executor: CodeExecutor, policy: str, programs: list[str]) -> Row:

@@ -10,10 +10,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from bench.config import TaskConfig
+from bench.config import ScoringConfig, TaskConfig
 from bench.evaluation import compare, evaluate
 from bench.models.base import Completion, GenerationRequest, SamplingParams
-from bench.scoring.math import MathChecker
 from bench.tasks.base import Example, MathTask, Splits
 
 EXAMPLES = [Example(id=f"toy/{i}", question=f"What is {i} + {i}?", answer=str(2 * i), solution="") for i in range(3)]
@@ -47,7 +46,7 @@ class ScriptedSampler:
 
 
 def _task() -> ToyMathTask:
-    return ToyMathTask(TaskConfig(name="toy", hub_id="none"), MathChecker("flexible"))
+    return ToyMathTask(TaskConfig(name="toy", hub_id="none"), ToyMathTask.make_scorer(ScoringConfig()))
 
 
 SCRIPT = {  # correct answers: toy/0 -> 0, toy/1 -> 2, toy/2 -> 4

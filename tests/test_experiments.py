@@ -12,7 +12,6 @@ from compose import compose_config, needs_data
 from omegaconf import OmegaConf
 
 from bench.config import TaskConfig
-from bench.scoring.math import MathChecker
 from bench.tasks import make_task
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "conf" / "experiments").glob("*.yaml"))
@@ -66,7 +65,7 @@ def test_cd_humaneval_test_items_are_the_full_test_split() -> None:
     from bench.tasks import make_task
 
     config = compose_config(["+experiments=cd_humaneval"])
-    task = make_task(OmegaConf.to_object(config.task), checker=None)
+    task = make_task(OmegaConf.to_object(config.task))
     assert len(task.examples(config.task.eval_split, limit=config.task.limit)) == len(task.splits.test) == 100
 
 
@@ -113,15 +112,14 @@ def test_rpkd_paper_preset_on_socratic_and_main() -> None:
 @needs_data
 def test_socratic_offline_says_it_falls_back_to_the_local_main_files(caplog: pytest.LogCaptureFixture) -> None:
     composed = compose_config(["+experiments=rpkd_gsm8k_paper", "task.source=local"]).task
-    task = make_task(OmegaConf.to_object(composed), MathChecker())  # type: ignore[arg-type]
+    task = make_task(OmegaConf.to_object(composed))  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="bench.tasks.gsm8k"):
         examples = task.examples("train", limit=3)
     assert [e.id for e in examples] == ["gsm8k/train/0", "gsm8k/train/1", "gsm8k/train/2"]
     assert "hub_config=socratic" in caplog.text and "`main` solutions" in caplog.text
     assert task.splits.source.endswith("(main, not socratic)")
     caplog.clear()
-    main = make_task(TaskConfig(name="gsm8k", hub_id="openai/gsm8k", hub_config="main", source="local"),
-                     MathChecker())
+    main = make_task(TaskConfig(name="gsm8k", hub_id="openai/gsm8k", hub_config="main", source="local"))
     with caplog.at_level(logging.WARNING, logger="bench.tasks.gsm8k"):
         main.examples("train", limit=1)
     assert "socratic" not in caplog.text  # asking for what the local files hold is not warned about

@@ -49,12 +49,6 @@ BEGIN PROMPT and END PROMPT.
 
 {prompt}"""
 
-TASK_DESCRIPTIONS = {
-    "math": "grade-school math word problems; the final answer must be a single number.",
-    "code": "completing Python functions from their signature and docstring; the code is run against unit tests.",
-}
-
-
 @dataclass
 class Mistake:
     """Everything the teacher needs about one wrong answer."""
@@ -91,8 +85,9 @@ class MalformedReply(ValueError):
     pass
 
 
-def induction_prompt(mistakes: Sequence[Mistake], kind: str, rules: int, max_chars: int = 2500) -> str:
-    """The teacher's user message for a batch of mistakes (long fields are clipped to bound the prompt)."""
+def induction_prompt(mistakes: Sequence[Mistake], task_description: str, rules: int, max_chars: int = 2500) -> str:
+    """The teacher's user message for a batch of mistakes (long fields are clipped to bound the prompt);
+    `task_description` is the task's own (`Task.description`)."""
 
     def clip(text: str) -> str:
         return text if len(text) <= max_chars else text[:max_chars] + "\n[... truncated]"
@@ -102,7 +97,7 @@ def induction_prompt(mistakes: Sequence[Mistake], kind: str, rules: int, max_cha
                                  student_output=clip(m.student_output.strip() or "(empty)"),
                                  reference=clip(m.reference.strip()), status=m.status, detail=clip(m.detail))
         for i, m in enumerate(mistakes))
-    return _INDUCTION_TEMPLATE.format(task_description=TASK_DESCRIPTIONS[kind], count=len(mistakes),
+    return _INDUCTION_TEMPLATE.format(task_description=task_description, count=len(mistakes),
                                       mistakes=blocks, rules=rules)
 
 

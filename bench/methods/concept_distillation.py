@@ -126,7 +126,7 @@ class ConceptDistillation(Method):
         by_id = {example.id: example for example in examples}
         mistakes = [
             Mistake(task_id=s.task_id, question=by_id[s.task_id].question, student_output=s.completion,
-                    reference=self._reference(ctx, by_id[s.task_id]), status=s.status, detail=s.detail)
+                    reference=ctx.task.reference_text(by_id[s.task_id]), status=s.status, detail=s.detail)
             for s in result.samples if not s.passed
         ][: self.config.max_mistakes]
         ctx.store.write_jsonl("mistakes.jsonl", (asdict(m) for m in mistakes))
@@ -134,12 +134,6 @@ class ConceptDistillation(Method):
                                                  "train_accuracy": result.metrics["accuracy"]["mean"]})
         logger.info("initialize: %d mistakes on %d train items", len(mistakes), len(examples))
         return mistakes
-
-    @staticmethod
-    def _reference(ctx: RunContext, example) -> str:
-        if ctx.task.kind == "code":
-            return f"{example.question}{example.answer}"  # the canonical implementation
-        return f"{example.solution}"  # worked solution ending in the final answer
 
     # ------------------------------------------------------------------ phase 2
     def induce(self, ctx: RunContext, mistakes: list[Mistake]) -> tuple[list[Rule], dict]:
@@ -168,7 +162,7 @@ class ConceptDistillation(Method):
                 round_ = pending[start:start + self.config.calls_per_round]
                 requests = [GenerationRequest(
                     (Message("system", TEACHER_SYSTEM),
-                     Message("user", induction_prompt(batch, ctx.task.kind, self.config.rules_per_call))),
+                     Message("user", induction_prompt(batch, ctx.task.description, self.config.rules_per_call))),
                     self._teacher_params(ctx, seed_offset=attempt)) for _, batch in round_]
                 completions = generate_metered(teacher, requests, meter, ctx.store.path(FAILED_USAGE_LEDGER),
                                                "induce", progress=ctx.progress)  # a failure's spend: the ledger

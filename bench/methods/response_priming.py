@@ -135,11 +135,6 @@ class PrimedTeacher:
         return self.topk is not None or self.full_logits is not None
 
 
-def training_target(example: Example, kind: str) -> str:
-    """What the student learns to write: the reference solution, in the format the task's instruction asks."""
-    return f"```python\n{example.solution.rstrip()}\n```" if kind == "code" else example.solution
-
-
 def published_answer(example: Example) -> str:
     """The labels of the published recipe: the dataset's solution field verbatim where the task keeps it (GSM8K:
     with `<<...>>` annotations and `#### N`), else the worked solution."""
@@ -270,7 +265,7 @@ class ResponsePrimingKD(LoRATrainingMethod):
         max_length = self.train_config.max_length + 512  # room for the priming
         messages = {e.id: priming.apply(ctx.task.user_message(e)) for e in examples
                     if targets is None or e.id in targets}
-        texts = {e.id: targets[e.id] if targets is not None else training_target(e, ctx.task.kind)
+        texts = {e.id: targets[e.id] if targets is not None else ctx.task.training_target(e)
                  for e in examples if e.id in messages}
         sequences = {i: aligned_sequence(tokenizer, messages[i], answer_ids(tokenizer, texts[i]), max_length)
                      for i in messages}
@@ -427,7 +422,7 @@ class ResponsePrimingKD(LoRATrainingMethod):
         """Chat-templated question + the text to learn (the reference, or the teacher's kept solution)."""
         return [TrainItem(e.id, aligned_sequence(tokenizer, ctx.task.user_message(e),
                                                  answer_ids(tokenizer, targets[e.id] if targets is not None
-                                                            else training_target(e, ctx.task.kind)),
+                                                            else ctx.task.training_target(e)),
                                                  self.train_config.max_length))
                 for e in examples if targets is None or e.id in targets]
 

@@ -16,15 +16,20 @@ import re
 import secrets
 import signal
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from bench.scoring.sandbox import ProcessOutcome, Sandbox, SandboxLimits, TimeoutKind, sweep_orphaned_temp_roots
 from bench.scoring.sanitize import longest_parseable_prefix, parses, sanitize, split_lines
+from bench.scoring.scorer import ExampleScorer
 from bench.scoring.verdict import Status, Verdict
+
+if TYPE_CHECKING:
+    from bench.config import ScoringConfig
 
 PROGRAM_FILE = "program.py"
 
@@ -427,3 +432,37 @@ class CodeChecker:
     def score_many(self, pairs: Sequence[tuple[CodeProblem, str]], progress: bool = False) -> list[Verdict]:
         programs = [assemble_program(problem, completion) for problem, completion in pairs]
         return self.executor.run_many(programs, progress=progress, desc="running tests")
+
+
+def code_checker(scoring: ScoringConfig) -> CodeChecker:
+    """The sandboxed code checker the scoring config describes (sandbox backend, limits, workers)."""
+    from bench.scoring.sandbox import make_sandbox
+
+    # timeout_s is a CPU budget, so a verdict does not depend on how many sandboxes share the cores; the wall
+    # limit only catches programs that sleep or block, and the executor stretches it by its pool's load.
+    # (The multiple is not a config key: a new key would change every run's identity hash and so the name of
+    # every results folder that resumes today.)
+    limits = SandboxLimits(cpu_time_s=scoring.timeout_s, memory_mb=scoring.memory_mb)
+    executor = CodeExecutor(make_sandbox(scoring.sandbox), limits)
+    if scoring.workers is not None:
+        executor.workers = scoring.workers
+    return CodeChecker(executor)
+
+
+class CodeScorer(ExampleScorer):
+    """`CodeChecker` behind the `Scorer` interface: `problem(example)` says which program a completion
+    completes and which tests it must pass (each code task supplies its own), and batches run in parallel."""
+
+    def __init__(self, checker: CodeChecker, problem: Callable[[Any], CodeProblem]) -> None:
+        self.checker = checker
+        self.problem = problem
+
+    def score(self, example: Any, completion: str) -> Verdict:
+        return self.checker.score(self.problem(example), completion)
+
+    def score_many(self, examples: Sequence[Any], completions: Sequence[str], progress: bool = False
+                   ) -> list[Verdict]:
+        if len(examples) != len(completions):
+            raise ValueError(f"{len(examples)} examples but {len(completions)} completions")
+        return self.checker.score_many([(self.problem(e), c) for e, c in zip(examples, completions)],
+                                       progress=progress)

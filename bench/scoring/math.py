@@ -38,6 +38,7 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from bench.scoring.verdict import Status, Verdict
+from bench.scoring.scorer import ExampleScorer
 
 Mode = Literal["strict", "flexible"]
 MODES: tuple[Mode, ...] = ("strict", "flexible")
@@ -445,3 +446,17 @@ class MathChecker:
         if extraction.answer not in matched:
             matched[extraction.answer] = answers_match(extraction.answer, reference)
         return Verdict(Status.PASSED if matched[extraction.answer] else Status.FAILED, detail)
+
+
+class MathScorer(ExampleScorer):
+    """`MathChecker` behind the `Scorer` interface: a completion is judged against `example.answer`."""
+
+    def __init__(self, checker: MathChecker) -> None:
+        self.checker = checker
+
+    def score(self, example: Any, completion: str) -> Verdict:
+        return self.checker.score(completion, example.answer)
+
+    def details(self, example: Any, completion: str) -> dict[str, str]:
+        return {mode: verdict.status.value for mode, verdict in self.checker.score_modes(completion,
+                                                                                         example.answer).items()}

@@ -1,4 +1,7 @@
-"""What a task is: examples in fixed, recorded splits; how to prompt for one; how to score an answer."""
+"""What a task is: examples in fixed, recorded splits; how to prompt for one; how to score an answer; and the
+domain text methods need (the teacher's description of the task, the reference a teacher sees, the target a
+student is fine-tuned on). A task owns all of it, so adding one is a module here (registered with
+`register_task`), a conf/task/<name>.yaml and its test: no method or scorer switches on which task it is."""
 
 from __future__ import annotations
 
@@ -7,11 +10,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from bench.config import TaskConfig
+from bench.config import ScoringConfig, TaskConfig
 from bench.models.base import GenerationRequest, Message, SamplingParams
+from bench.scoring.scorer import Scorer
 from bench.scoring.verdict import Verdict
+
+if TYPE_CHECKING:
+    from bench.scoring.math import MathScorer
 
 SPLITS = ("train", "validation", "test")
 
@@ -74,12 +81,17 @@ def carve(pool: Sequence[Example], seed: int, sizes: Mapping[str, int]) -> dict[
 
 class Task(ABC):
     name: ClassVar[str]
-    kind: ClassVar[str]  # "math" | "code"
+    description: ClassVar[str]  # what the task is, for the CD teacher ("grade-school math word problems; ...")
     default_instruction: ClassVar[str]
 
-    def __init__(self, config: TaskConfig, checker: Any) -> None:
+    def __init__(self, config: TaskConfig, scorer: Scorer) -> None:
         self.config = config
-        self.checker = checker
+        self.scorer = scorer
+
+    @classmethod
+    @abstractmethod
+    def make_scorer(cls, scoring: ScoringConfig) -> Scorer:
+        """The scorer this task's answers are judged by, built from the run's `scoring` config."""
 
     @abstractmethod
     def _load_splits(self) -> Splits:
@@ -113,13 +125,12 @@ class Task(ABC):
         messages.append(Message("user", self.user_message(example)))
         return GenerationRequest(tuple(messages), params or SamplingParams(max_new_tokens=self.config.max_new_tokens))
 
-    @abstractmethod
     def score(self, example: Example, completion: str) -> Verdict:
-        ...
+        return self.scorer.score(example, completion)
 
     def score_many(self, examples: Sequence[Example], completions: Sequence[str], progress: bool = True
                    ) -> list[Verdict]:
-        return [self.score(example, completion) for example, completion in zip(examples, completions)]
+        return self.scorer.score_many(examples, completions, progress=progress)
 
     def score_details(self, example: Example, completion: str) -> dict[str, str]:
         """Extra per-sample scores worth recording (e.g. strict and flexible math extraction)."""
@@ -128,6 +139,15 @@ class Task(ABC):
     def reference(self, example: Example) -> str:
         """What a completion is judged against, recorded beside each verdict."""
         return example.answer
+
+    def reference_text(self, example: Example) -> str:
+        """The correct answer as CD's teacher is shown it beside a student's mistake."""
+        return example.solution
+
+    def training_target(self, example: Example) -> str:
+        """What the student learns to write (RP-KD's labels): the reference solution, in the format the task's
+        instruction asks for."""
+        return example.solution
 
     @abstractmethod
     def extracted(self, example: Example, completion: str) -> dict[str, str | None]:
@@ -138,15 +158,18 @@ class Task(ABC):
 class MathTask(Task):
     """Shared by GSM8K and MultiArith: same checker, same answer format."""
 
-    kind = "math"
+    description = "grade-school math word problems; the final answer must be a single number."
     default_instruction = 'Solve the problem step by step. End with a line "The answer is N." where N is a number.'
+    scorer: MathScorer
 
-    def score(self, example: Example, completion: str) -> Verdict:
-        return self.checker.score(completion, example.answer)
+    @classmethod
+    def make_scorer(cls, scoring: ScoringConfig) -> MathScorer:
+        from bench.scoring.math import MathChecker, MathScorer
+
+        return MathScorer(MathChecker(scoring.math_mode))  # type: ignore[arg-type]
 
     def score_details(self, example: Example, completion: str) -> dict[str, str]:
-        return {mode: verdict.status.value for mode, verdict in self.checker.score_modes(completion,
-                                                                                         example.answer).items()}
+        return self.scorer.details(example, completion)
 
     def extracted(self, example: Example, completion: str) -> dict[str, str | None]:
         from bench.scoring.math import MODES, extract_answer
@@ -158,3 +181,16 @@ def format_number(value: float | int | str) -> str:
     """39.0 -> "39", 2.5 -> "2.5": answers as people write them."""
     number = float(value)
     return str(int(number)) if number.is_integer() else repr(number)
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: makes `task=<cls.name>` select `cls` (bench/tasks/__init__.py imports every module in
+    bench/tasks, so a task module placed there registers itself)."""
+    registered = TASKS.get(cls.name)
+    if registered is not None and registered is not cls:
+        raise ValueError(f"task name {cls.name!r} is taken by {registered.__module__}.{registered.__qualname__}")
+    TASKS[cls.name] = cls
+    return cls

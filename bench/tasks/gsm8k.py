@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from bench.scoring.math import gsm8k_reference
-from bench.tasks.base import Example, MathTask, Splits
+from bench.tasks.base import Example, MathTask, Splits, register_task
 from bench.tasks.data import load_records, read_jsonl
 
 _CALCULATOR = re.compile(r"<<[^>]*>>")
@@ -28,6 +28,7 @@ def worked_solution(answer_field: str) -> str:
     return f"{body}\nThe answer is {gsm8k_reference(answer_field)}."
 
 
+@register_task
 class GSM8KTask(MathTask):
     name = "gsm8k"
 

@@ -8,12 +8,11 @@ it is not comparable to full-benchmark numbers; set test_size=164, validation_si
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
-from bench.scoring.code import CodeProblem, extract_completion_code
-from bench.scoring.verdict import Verdict
-from bench.tasks.base import Example, Splits, Task, carve
+from bench.config import ScoringConfig
+from bench.scoring.code import CodeProblem, CodeScorer, code_checker, extract_completion_code
+from bench.tasks.base import Example, Splits, Task, carve, register_task
 from bench.tasks.data import load_records, read_jsonl
 
 _FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
@@ -33,11 +32,23 @@ def _problem(example: Example) -> CodeProblem:
                        entry_point=example.extra["entry_point"])
 
 
+@register_task
 class HumanEvalTask(Task):
     name = "humaneval"
-    kind = "code"
+    description = ("completing Python functions from their signature and docstring; the code is run against unit "
+                   "tests.")
     default_instruction = ("Complete the function above. Reply with the complete function in a single ```python "
                            "code block.")
+
+    @classmethod
+    def make_scorer(cls, scoring: ScoringConfig) -> CodeScorer:
+        return CodeScorer(code_checker(scoring), _problem)
+
+    def reference_text(self, example: Example) -> str:
+        return f"{example.question}{example.answer}"  # the canonical implementation
+
+    def training_target(self, example: Example) -> str:
+        return f"```python\n{example.solution.rstrip()}\n```"
 
     def _load_splits(self) -> Splits:
         def local(root: Path) -> list[dict] | None:
@@ -59,10 +70,3 @@ class HumanEvalTask(Task):
 
     def extracted(self, example: Example, completion: str) -> dict[str, str | None]:
         return {"program": extract_completion_code(example.question, completion, example.extra["entry_point"])}
-
-    def score(self, example: Example, completion: str) -> Verdict:
-        return self.checker.score(_problem(example), completion)
-
-    def score_many(self, examples: Sequence[Example], completions: Sequence[str], progress: bool = True
-                   ) -> list[Verdict]:
-        return self.checker.score_many([(_problem(e), c) for e, c in zip(examples, completions)], progress=progress)

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from bench.config import TaskConfig
-from bench.tasks.base import Example, MathTask, Splits, carve, format_number
+from bench.tasks.base import Example, MathTask, Splits, carve, format_number, register_task
 from bench.tasks.data import load_records, local_data_dirs, read_json_list
 
 
@@ -89,6 +89,7 @@ def build_examples(records: Iterable[dict], local_records: Sequence[dict] = ()) 
     return list(examples.values())
 
 
+@register_task
 class MultiArithTask(MathTask):
     name = "multiarith"
 

@@ -65,9 +65,9 @@ def test_prompt_with_rules() -> None:
 def test_induction_prompt_carries_everything_the_teacher_needs() -> None:
     mistake = Mistake("gsm8k/train/1", "How many eggs?", "The answer is 3.", "... The answer is 9.", "failed",
                       "extracted 3 via answer is (flexible), expected 9")
-    prompt = induction_prompt([mistake], "math", rules=2)
-    for needle in ("How many eggs?", "The answer is 3.", "The answer is 9.", "expected 9", "at most 2 rule",
-                   "RULES:"):
+    prompt = induction_prompt([mistake], "grade-school math word problems.", rules=2)
+    for needle in ("grade-school math word problems.", "How many eggs?", "The answer is 3.", "The answer is 9.",
+                   "expected 9", "at most 2 rule", "RULES:"):
         assert needle in prompt
 
 

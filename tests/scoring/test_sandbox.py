@@ -14,7 +14,7 @@ import pytest
 
 import bench
 from bench.config import ScoringConfig
-from bench.context import make_checker
+from bench.scoring.code import code_checker
 from bench.scoring.code import CodeExecutor
 from bench.scoring.sandbox import (DEFAULT_WALL_MULTIPLE, NsjailSandbox, SandboxLimits, SandboxUnavailable,
                                    UnsandboxedSandbox, make_sandbox)
@@ -107,7 +107,7 @@ def test_cpu_bound_programs_pass_however_many_run_at_once(backend):
     1.2 s of CPU took ~3.6 s of wall. The budget is CPU time now, and the wall limit a safety net scaled to load.
     """
     programs = [BURN_CPU.format(seconds=1.2)] * 6
-    checker = make_checker("code", ScoringConfig(sandbox=backend, timeout_s=1.5, workers=6))
+    checker = code_checker(ScoringConfig(sandbox=backend, timeout_s=1.5, workers=6))
     verdicts = checker.executor.run_many(programs)
     assert [v.status for v in verdicts] == [Status.PASSED] * 6, [v.detail for v in verdicts]
     # The load is real: the old policy, emulated, times some of the same programs out on this machine.

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import TaskConfig
+from bench.config import ScoringConfig, TaskConfig
 from bench.scoring import Status
-from bench.scoring.math import MathChecker
 from bench.tasks import make_task
 from bench.tasks.data import DataFormatError, DataUnavailableError, read_json_list, read_jsonl
 from bench.tasks.gsm8k import worked_solution
@@ -26,9 +25,9 @@ CONFIGS = {
 }
 
 
-def task_for(name: str, checker=None, **overrides):
+def task_for(name: str, scoring: ScoringConfig | None = None, **overrides):
     config = TaskConfig(name=name, **{**CONFIGS[name], **overrides})
-    return make_task(config, checker or MathChecker())
+    return make_task(config, scoring)
 
 
 @needs_data
@@ -133,10 +132,7 @@ def test_math_scoring_with_both_modes() -> None:
 
 @needs_data
 def test_humaneval_scoring_in_the_sandbox() -> None:
-    from bench.scoring.code import CodeChecker, CodeExecutor
-    from bench.scoring.sandbox import make_sandbox
-
-    task = task_for("humaneval", checker=CodeChecker(CodeExecutor(make_sandbox("nsjail"), workers=2)))
+    task = task_for("humaneval", ScoringConfig(sandbox="nsjail", workers=2))
     examples = task.examples("test", limit=3)
     canonical = [f"```python\n{e.question}{e.answer}\n```" for e in examples]
     assert [v.status for v in task.score_many(examples, canonical, progress=False)] == [Status.PASSED] * 3
