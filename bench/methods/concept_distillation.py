@@ -41,6 +41,8 @@ from bench.models.cost import FAILED_USAGE_LEDGER, UsageMeter, generate_metered
 
 logger = logging.getLogger(__name__)
 
+Batches = list[tuple[int, list[Mistake]]]  # mistake batches for the teacher, each with its index
+
 SELECTIONS = ("greedy", "independent")
 MERGES = ("list", "teacher")
 RETRY_TEMPERATURE = 0.7
@@ -144,44 +146,16 @@ class ConceptDistillation(Method):
         size = self.config.mistakes_per_call
         batches = [mistakes[i:i + size] for i in range(0, len(mistakes), size)]
         meter = UsageMeter(self.config.budget_usd, self.config.budget_tokens)
-        teacher = ctx.model("teacher")
         rules: list[Rule] = []
         log: list[dict] = []
         pending = list(enumerate(batches))
-        attempt = 0
-        while pending and attempt <= self.config.malformed_retries:
-            retry: list[tuple[int, list[Mistake]]] = []
-            for start in range(0, len(pending), self.config.calls_per_round):
-                if meter.exhausted():
-                    log += [{"batch": index, "attempt": attempt, "outcome": "skipped: budget exhausted",
-                             "cost_usd": meter.snapshot()["cost_usd"]} for index, _ in pending[start:]]
-                    logger.warning("induce: teacher budget reached ($%s, %s tokens); stopping with %d rules",
-                                   meter.budget_usd, meter.budget_tokens, len(rules))
-                    pending = []
-                    break
-                round_ = pending[start:start + self.config.calls_per_round]
-                requests = [GenerationRequest(
-                    (Message("system", TEACHER_SYSTEM),
-                     Message("user", induction_prompt(batch, ctx.task.description, self.config.rules_per_call))),
-                    self._teacher_params(ctx, seed_offset=attempt)) for _, batch in round_]
-                completions = generate_metered(teacher, requests, meter, ctx.store.path(FAILED_USAGE_LEDGER),
-                                               "induce", progress=ctx.progress)  # a failure's spend: the ledger
-                for (index, batch), completion in zip(round_, completions):
-                    try:
-                        explanation, texts = parse_teacher_reply(completion.text, self.config.rules_per_call)
-                    except MalformedReply as error:
-                        log.append({"batch": index, "attempt": attempt, "outcome": f"malformed: {error}",
-                                    "reply": completion.text[:2000]})
-                        retry.append((index, batch))
-                        continue
-                    log.append({"batch": index, "attempt": attempt, "outcome": f"{len(texts)} rules"})
-                    rules += [Rule(rule_id=f"r{index}.{k}", text=text, explanation=explanation,
-                                   source_task_ids=[m.task_id for m in batch]) for k, text in enumerate(texts)]
-            else:
-                pending = retry
+        attempt, budget_spent = 0, False
+        while pending and attempt <= self.config.malformed_retries and not budget_spent:
+            pending, budget_spent = self._induction_attempt(ctx, meter, pending, attempt, rules, log)
             attempt += 1
-        for index, _ in pending:
-            log.append({"batch": index, "attempt": attempt - 1, "outcome": "skipped: still malformed after retries"})
+        if not budget_spent:
+            log += [{"batch": index, "attempt": attempt - 1, "outcome": "skipped: still malformed after retries"}
+                    for index, _ in pending]
         unique = deduplicate(rules, self.config.dedup_similarity)
         usage = meter.snapshot()
         ctx.store.write_jsonl("candidate_rules.jsonl", (r.to_dict() for r in unique))
@@ -192,6 +166,39 @@ class ConceptDistillation(Method):
         logger.info("induce: %d rules (%d before deduplication) from %d teacher calls", len(unique), len(rules),
                     usage["calls"])
         return unique, usage
+
+    def _induction_attempt(self, ctx: RunContext, meter: UsageMeter, pending: Batches, attempt: int,
+                           rules: list[Rule], log: list[dict]) -> tuple[Batches, bool]:
+        """One pass over the pending mistake batches, `calls_per_round` teacher calls at a time (the budget is checked
+        between rounds). Adds the rules and log lines it makes; returns (the batches whose reply was malformed, to ask
+        again, and whether the budget ran out, which ends induction with the rules so far)."""
+        malformed: Batches = []
+        for start in range(0, len(pending), self.config.calls_per_round):
+            if meter.exhausted():
+                log += [{"batch": index, "attempt": attempt, "outcome": "skipped: budget exhausted",
+                         "cost_usd": meter.snapshot()["cost_usd"]} for index, _ in pending[start:]]
+                logger.warning("induce: teacher budget reached ($%s, %s tokens); stopping with %d rules",
+                               meter.budget_usd, meter.budget_tokens, len(rules))
+                return malformed, True
+            round_ = pending[start:start + self.config.calls_per_round]
+            requests = [GenerationRequest(
+                (Message("system", TEACHER_SYSTEM),
+                 Message("user", induction_prompt(batch, ctx.task.description, self.config.rules_per_call))),
+                self._teacher_params(ctx, seed_offset=attempt)) for _, batch in round_]
+            completions = generate_metered(ctx.model("teacher"), requests, meter, ctx.store.path(FAILED_USAGE_LEDGER),
+                                           "induce", progress=ctx.progress)  # a failure's spend: the ledger
+            for (index, batch), completion in zip(round_, completions):
+                try:
+                    explanation, texts = parse_teacher_reply(completion.text, self.config.rules_per_call)
+                except MalformedReply as error:
+                    log.append({"batch": index, "attempt": attempt, "outcome": f"malformed: {error}",
+                                "reply": completion.text[:2000]})
+                    malformed.append((index, batch))
+                    continue
+                log.append({"batch": index, "attempt": attempt, "outcome": f"{len(texts)} rules"})
+                rules += [Rule(rule_id=f"r{index}.{k}", text=text, explanation=explanation,
+                               source_task_ids=[m.task_id for m in batch]) for k, text in enumerate(texts)]
+        return malformed, False
 
     # ------------------------------------------------------------------ phase 3
     def deduce(self, ctx: RunContext, base_prompt: str, rules: list[Rule]) -> tuple[str, dict[str, Any]]:
