@@ -29,6 +29,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -281,23 +282,33 @@ class OpenAIChatModel:
 
     def _complete(self, request: GenerationRequest, stop: threading.Event | None = None) -> Completion:
         """One request with retries; checks `stop` before every attempt and waits on it between attempts."""
-        stop = stop or threading.Event()
         arguments = self._arguments(request)
         started = time.perf_counter()
+        raw = self.with_retries(lambda: self.client.chat.completions.with_raw_response.create(**arguments), stop)
+        return self._completion(raw, request, started)
+
+    def with_retries(self, call: Callable[[], Any], stop: threading.Event | None = None,
+                     sleep: Callable[[float], None] | None = None) -> Any:
+        """`call()` under this model's retry policy: 429, 5xx, timeouts and dropped connections back off (or wait
+        what the server asks, capped); other errors, or the last attempt's, are raised. `stop` set: no further
+        attempt is sent (RequestNotSent). `sleep` replaces the wait between attempts (else the model's own)."""
+        stop = stop or threading.Event()
         for attempt in range(self.max_retries + 1):
             if stop.is_set():
                 raise RequestNotSent(f"{self.model}: batch stopped before attempt {attempt + 1} was sent")
             try:
-                raw = self.client.chat.completions.with_raw_response.create(**arguments)
-                break
+                return call()
             except Exception as error:
                 if not _retryable(error) or attempt == self.max_retries:
                     raise
                 delay, reason = self._retry_delay(error, attempt)
                 logger.warning("%s: %s; retry %d/%d in %.1fs (%s)", self.model, type(error).__name__, attempt + 1,
                                self.max_retries, delay, reason)
-                self._wait(delay, stop)
-        return self._completion(raw, request, started)
+                if sleep is not None:
+                    sleep(delay)
+                else:
+                    self._wait(delay, stop)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _retry_delay(self, error: Exception, attempt: int) -> tuple[float, str]:
         asked = retry_after_s(error)

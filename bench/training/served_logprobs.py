@@ -44,7 +44,7 @@ import openai
 import torch
 from tqdm.auto import tqdm
 
-from bench.models.openai_api import OpenAIChatModel, _describe_status_error, _retryable
+from bench.models.openai_api import OpenAIChatModel, _describe_status_error
 from bench.training.kd import AlignedSequence, prompt_ids
 from bench.training.teacher_logits import TopKCache, TopKItemStore
 
@@ -241,18 +241,11 @@ class ServedTeacher:
         return body if isinstance(body, dict) and isinstance(body.get("tokens"), list) else None
 
     def _retrying(self, call: Callable[[], Any]) -> Any:
-        for attempt in range(self.api.max_retries + 1):
-            try:
-                return call()
-            except Exception as error:
-                if not _retryable(error) or attempt == self.api.max_retries:
-                    _describe_status_error(error)
-                    raise
-                delay, reason = self.api._retry_delay(error, attempt)
-                logger.warning("%s: %s; retry %d/%d in %.1fs (%s)", self.api.model, type(error).__name__,
-                               attempt + 1, self.api.max_retries, delay, reason)
-                self._sleep(delay)
-        raise AssertionError("unreachable")
+        try:
+            return self.api.with_retries(call, sleep=self._sleep)
+        except Exception as error:
+            _describe_status_error(error)
+            raise
 
 
 def check_served_tokenizer(teacher: ServedTeacher, tokenizer, user_message: str, answer_text: str,
