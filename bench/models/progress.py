@@ -47,6 +47,7 @@ class GenerationProgress:
         self._max_steps = 0
         self._batch_started = 0.0
         self._first_step_done = 0.0
+        self._last_drawn = float("-inf")  # the first step always draws
         self._seconds_per_step: float | None = None
 
     def start_batch(self, size: int, max_steps: int) -> None:
@@ -66,6 +67,9 @@ class GenerationProgress:
                 self._seconds_per_step = now - self._batch_started
         else:
             self._seconds_per_step = (now - self._first_step_done) / (step - 1)
+        if now - self._last_drawn < self._bar.mininterval and step < self._max_steps:
+            return  # a compiled GPU decode steps every few ms: redraw (and write to a job's log) at tqdm's pace
+        self._last_drawn = now
         self._bar.set_postfix_str(f"batch {self._batch_number}/{self._batch_number + self._batches_after()}"
                                   f" · step {step}/{self._max_steps} · ≤{format_seconds(self.seconds_left(step))} "
                                   "left", refresh=False)
