@@ -137,7 +137,8 @@ def _execute_in(store: RunStore, config: DictConfig, method: Method, name: str, 
     store.write_json("splits.json", {"seed": config.task.seed, "source": task.splits.source, **task.splits.ids()})
     facts = run_facts(config, method.roles)
     tracker = make_tracker(config, facts, store.root, name)
-    ctx = RunContext(config=config, task=task, store=store, tracker=tracker, run_id=name, progress=progress)
+    ctx = RunContext.from_config(config, method.roles, task=task, store=store, tracker=tracker, run_id=name,
+                                 progress=progress)
     started = time.time()
     tables_dir = Path(config.results_dir) / "tables"
     try:
@@ -184,6 +185,16 @@ def check_run_config(config: DictConfig) -> None:
         raise ValueError(f"task.samples={task.samples} is impossible; use 1 (greedy) or more (pass@k)")
     if task.max_new_tokens < 1:
         raise ValueError(f"task.max_new_tokens={task.max_new_tokens} is impossible; use a positive number")
+    from bench.methods import METHODS
+    from bench.models.backends import BACKENDS
+    from bench.tasks import TASKS
+
+    for key, name, registry in (("task.name", task.name, TASKS), ("method.name", config.method.name, METHODS),
+                                ("student.backend", config.student.backend, BACKENDS),
+                                ("teacher.backend", config.teacher.backend, BACKENDS)):
+        if name not in registry:
+            raise ValueError(f"{key}={name} names no registered {registry.kind}; available: "
+                             f"{', '.join(registry.names())}")
     for key, value, low, high in _bounded_values(config):
         if value is not None and not (low <= value <= high):
             bound = f">= {low}" if high == float("inf") else f"in [{low}, {high}]"

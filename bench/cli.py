@@ -1,8 +1,8 @@
 """The command line's own syntax on top of Hydra's: method options by method name, and the checks every job's config
 passes at composition (before any model is loaded, any teacher call paid for, or any results folder made).
 
-Method options. `cd.<key>=...`, `rpkd.<key>=...` and `onpolicy.<key>=...` are the spelling the papers' users
-reach for, and the only one that can set a method's options in a grid over methods: `method.train_limit=8` would be
+Method options. `cd.<key>=...`, `rpkd.<key>=...`, `onpolicy.<key>=...` (any registered method's name but
+`compare`) are the spelling the papers' users reach for, and the only one that can set a method's options in a grid over methods: `method.train_limit=8` would be
 applied to every job, and the baseline's schema has no `train_limit`. So a shorthand is an option of the method it
 names, not of whichever method a job runs:
 
@@ -32,15 +32,24 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from bench.config import METHOD_SCHEMAS
+from bench.methods import METHODS, method_class
 
 logger = logging.getLogger("bench")
 
-METHOD_OPTIONS = ("cd", "rpkd", "onpolicy")  # shorthand prefixes; each is also a method name
 COMPARE = "compare"  # the study whose sub-runs take the options of each method under method.<name>
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "conf" / "experiments"
-# `<method>.<key>=...` with Hydra's `+`/`++`/`~` prefixes; a deletion (`~cd.key`) may have no value
-_SHORTHAND = re.compile(r"^(?P<prefix>[+~]*)(?P<family>" + "|".join(METHOD_OPTIONS) + r")\.(?P<key>[^=]+)(?P<eq>=?)")
+
+
+def method_options() -> tuple[str, ...]:
+    """The shorthand prefixes: every registered method's name but the study's (its options are its methods')."""
+    return tuple(name for name in METHODS.names() if name != COMPARE)
+
+
+@functools.cache
+def _shorthand(options: tuple[str, ...]) -> re.Pattern[str]:
+    """`<method>.<key>=...` with Hydra's `+`/`++`/`~` prefixes; a deletion (`~cd.key`) may have no value."""
+    return re.compile(r"^(?P<prefix>[+~]*)(?P<family>" + "|".join(map(re.escape, options))
+                      + r")\.(?P<key>[^=]+)(?P<eq>=?)")
 # Top-level keys of a job's config that are not run settings: Hydra's own node, while a job is composed.
 _HYDRA_KEYS = frozenset({"hydra"})
 
@@ -70,8 +79,9 @@ def expand_method_shorthand(args: Sequence[str]) -> list[str]:
     expanded: list[str] = []
     families: list[str] = []
     first = None
+    shorthand = _shorthand(method_options())
     for arg in args:
-        match = _SHORTHAND.match(arg)
+        match = shorthand.match(arg)
         if match is None or arg.startswith("-") or not (match["eq"] or "~" in match["prefix"]):
             expanded.append(arg)
             continue
@@ -133,7 +143,7 @@ def prepare_job_config(config: DictConfig, strict: bool = True) -> None:
 
 def apply_method_options(config: DictConfig, strict: bool) -> None:
     """Move each method's option dict (`cd`, `rpkd`, `onpolicy`) into the method it configures, or drop it."""
-    given = {family: config[family] for family in METHOD_OPTIONS if family in config}
+    given = {family: config[family] for family in method_options() if family in config}
     if not given:
         return
     with open_dict(config):
@@ -144,7 +154,7 @@ def apply_method_options(config: DictConfig, strict: bool) -> None:
         _validate_options(family, options)
         if method == family:
             _merge_into(config, "method", options)
-        elif method == COMPARE:
+        elif method == COMPARE and family in config.method:
             _merge_into(config.method, family, options)
         elif strict:
             raise ConfigError(f"{family}.* options ({', '.join(_leaf_keys(options))}) were given, but this run's "
@@ -165,7 +175,7 @@ def _validate_options(family: str, options: Any) -> None:
     if not isinstance(options, DictConfig):
         raise ConfigError(f"`{family}=...` sets no option; write {family}.<key>=<value>")
     try:
-        OmegaConf.merge(OmegaConf.structured(METHOD_SCHEMAS[family]), options)
+        OmegaConf.merge(OmegaConf.structured(method_class(family).config_class), options)
     except OmegaConfBaseException as error:
         raise ConfigError(f"{family}.{error.full_key}: {_first_line(error)}") from error
 

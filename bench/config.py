@@ -29,11 +29,6 @@ class LoggerMode(Choice):
     disabled = "disabled"
 
 
-class Backend(Choice):
-    hf = "hf"
-    openai = "openai"
-
-
 class DType(Choice):
     auto = "auto"
     float32 = "float32"
@@ -172,7 +167,7 @@ class ModelConfig:
     """A chat model served by one backend. Students and teachers use the same schema."""
 
     name: str = MISSING  # short name used in run ids and tables
-    backend: Backend = MISSING  # hf | openai
+    backend: str = MISSING  # a registered backend (bench/models/backends/): hf | openai | ...
     model_id: str = MISSING  # hub id, local folder, or API model name
     revision: str | None = None
     # hf backend
@@ -399,18 +394,14 @@ class RunConfig:
     resume: bool = True  # reuse finished phases/artifacts of a run folder with the same name
 
 
-# Each method's schema, by method name: conf/method/<name>.yaml extends it (`- /<name>_schema@_here_`), and the
-# method options of the command line (`cd.<key>=...`, bench/cli.py) are validated against it.
-METHOD_SCHEMAS: dict[str, type[MethodConfig]] = {"baseline": BaselineConfig, "cd": CDConfig, "rpkd": RPKDConfig,
-                                                 "onpolicy": OnPolicyConfig, "compare": CompareConfig}
-
-
 def register_configs(store: ConfigStore | None = None) -> None:
     """Register the schemas so conf/*.yaml files are type-checked.
 
     They are stored outside every config group: a schema stored in a group (`method/rpkd_schema`) is listed as one
     of the group's options by `--help` and by shell completion, where it is no option to choose. The run schema
-    types task, student, teacher, scoring and logger; each method's yaml extends its own schema by absolute name."""
+    types task, student, teacher, scoring and logger; each method's yaml extends its own schema by absolute name
+    (`<name>_schema`), and the method options of the command line (`cd.<key>=...`, bench/cli.py) are validated
+    against it."""
     store = store or ConfigStore.instance()
     # conf/config.yaml's Hydra output folders end in the pid: two runs started in the same microsecond still differ.
     # Cached, so it is the pid of the process that composed the sweep: launchers that run jobs in other processes
@@ -418,5 +409,7 @@ def register_configs(store: ConfigStore | None = None) -> None:
     # the sweep's folder instead of one named after the job's own pid.
     OmegaConf.register_new_resolver("pid", lambda: os.getpid(), replace=True, use_cache=True)
     store.store(name="run_schema", node=RunConfig)
-    for name, schema in METHOD_SCHEMAS.items():
-        store.store(name=f"{name}_schema", node=schema)
+    from bench.methods import METHODS  # each registered method brings its schema (Method.config_class)
+
+    for name, method in METHODS.items():
+        store.store(name=f"{name}_schema", node=method.config_class)

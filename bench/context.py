@@ -23,24 +23,66 @@ logger = logging.getLogger(__name__)
 ROLES = ("student", "teacher")
 
 
-def model_config(config: DictConfig, role: str) -> ModelConfig:
-    if role not in ROLES:
-        raise ValueError(f"unknown model role {role!r}; expected one of {ROLES}")
-    return OmegaConf.to_object(config[role])  # type: ignore[return-value]
+@dataclass(frozen=True)
+class LocalLM:
+    """A model running in this process, with its tokenizer: what teacher-forced KD reads logits from."""
+
+    model: Any  # a transformers PreTrainedModel
+    tokenizer: Any
 
 
 @dataclass
 class RunContext:
-    config: DictConfig
+    """What a method may use, typed and by name: the task and its items, the student and teacher (built on first
+    use), their sampling, the run's store and tracker, its seed. Methods never read the raw config."""
+
     task: Task
     store: RunStore
     tracker: Tracker
     run_id: str
+    model_configs: Mapping[str, ModelConfig]  # the roles the method uses
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    seed: int = 0
     progress: bool = True
     _models: dict[str, ChatModel] = field(default_factory=dict)
 
+    @classmethod
+    def from_config(cls, config: DictConfig, roles: Sequence[str], *, task: Task, store: RunStore, tracker: Tracker,
+                    run_id: str, progress: bool = True) -> RunContext:
+        """The context of a composed run config, its model configs typed once (only the roles the method uses: an
+        unused role may be left incomplete, e.g. teacher=openai_compatible without a model_id)."""
+        for role in roles:
+            if role not in ROLES:
+                raise ValueError(f"unknown model role {role!r}; expected one of {ROLES}")
+        return cls(task=task, store=store, tracker=tracker, run_id=run_id,
+                   model_configs={role: OmegaConf.to_object(config[role]) for role in roles},  # type: ignore[misc]
+                   cache=OmegaConf.to_object(config.cache), seed=int(config.seed),  # type: ignore[arg-type]
+                   progress=progress)
+
+    # ------------------------------------------------------------------ task items
+    def examples(self, split: str, limit: int | None = None) -> list[Example]:
+        """The first `limit` items of `split` (all with None)."""
+        return self.task.examples(split, limit=limit)
+
+    def test_examples(self) -> tuple[str, list[Example]]:
+        """(split, items) every arm is evaluated on: task.eval_split, its first task.limit items."""
+        split = self.task.config.eval_split
+        return split, self.task.examples(split, limit=self.task.config.limit)
+
+    # ------------------------------------------------------------------ models
     def model_config(self, role: str) -> ModelConfig:
-        return model_config(self.config, role)
+        if role not in self.model_configs:
+            raise ValueError(f"this method did not declare the {role} among its roles "
+                             f"({', '.join(self.model_configs) or 'none'}): add it to the method's `roles`")
+        return self.model_configs[role]
+
+    @property
+    def student(self) -> ChatModel:
+        return self.model("student")
+
+    @property
+    def teacher(self) -> ChatModel:
+        return self.model("teacher")
 
     def model(self, role: str) -> ChatModel:
         """The student or teacher, built on first use (and shared when both name the same model)."""
@@ -49,12 +91,30 @@ class RunContext:
             other = next((r for r in ROLES if r != role and r in self._models
                           and self.model_config(r) == config), None)
             self._models[role] = self._models[other] if other else build_model(
-                config, self._cache(), server_log=self.store.path(f"logs/server-{role}.log"))
+                config, self.cache, server_log=self.store.path(f"logs/server-{role}.log"))
             logger.info("%s: %s (%s backend)", role, self._models[role].model_id, self._models[role].backend)
         return self._models[role]
 
-    def _cache(self) -> CacheConfig:
-        return OmegaConf.to_object(self.config.cache)  # type: ignore[return-value]
+    def tokenizer(self, role: str) -> Any:
+        """`role`'s tokenizer: the in-process model's, or that of the weights a managed server runs."""
+        model = self.model(role)
+        tokenizer = getattr(getattr(model, "inner", model), "tokenizer", None)  # behind the generation cache
+        if tokenizer is None:
+            config = self.model_config(role)
+            raise ValueError(f"the {role} {config.name!r} (backend={config.backend}) has no tokenizer at hand: its "
+                             "weights are not on this machine; use backend=hf, or a server.engine the harness runs")
+        return tokenizer
+
+    def local_lm(self, role: str) -> LocalLM:
+        """`role`'s in-process model and tokenizer (backend=hf), for reading its logits; a clear error otherwise."""
+        config = self.model_config(role)
+        model = self.model(role)
+        inner = getattr(model, "inner", model)  # behind the generation cache
+        if config.backend != "hf" or config.server.managed or not hasattr(inner, "tokenizer"):
+            raise ValueError(f"the {role} {config.name!r} runs outside this process (backend={config.backend}"
+                             f"{', server.engine=' + str(config.server.engine) if config.server.managed else ''}): "
+                             "its logits and tokenizer are not at hand; use backend=hf for it")
+        return LocalLM(inner.model, inner.tokenizer)
 
     @contextmanager
     def adapter_models(self, role: str, adapters: Mapping[str, str | None]) -> Iterator[Callable[[str], ChatModel]]:
@@ -64,7 +124,7 @@ class RunContext:
         when the block ends, also on errors and Ctrl-C, and the run's other servers that yield the GPU are
         stopped before it starts."""
         config = self.model_config(role)
-        cache = self._cache()
+        cache = self.cache
         if not config.server.managed:
             yield lambda key: self.model(role) if adapters[key] is None else build_model(
                 dataclasses.replace(config, adapter_path=adapters[key]), cache)
@@ -96,7 +156,7 @@ class RunContext:
 
     def sampling(self, role: str, max_new_tokens: int | None = None, **overrides: Any) -> SamplingParams:
         config = self.model_config(role)
-        return SamplingParams(max_new_tokens=max_new_tokens or self.config.task.max_new_tokens,
+        return SamplingParams(max_new_tokens=max_new_tokens or self.task.config.max_new_tokens,
                               temperature=overrides.pop("temperature", config.temperature),
                               top_p=overrides.pop("top_p", config.top_p),
                               seed=overrides.pop("seed", config.seed), **overrides)
@@ -104,7 +164,7 @@ class RunContext:
     def evaluation_sampling(self, role: str) -> SamplingParams:
         """How `role` is sampled in evaluations: its own decoding, unless the task asks for n samples per item
         (pass@k) at its own temperature/top_p. Called before any work, so a bad combination fails early."""
-        task = self.config.task
+        task = self.task.config
         overrides: dict[str, Any] = {"n": task.samples}
         if task.temperature is not None:
             overrides["temperature"] = task.temperature
@@ -123,7 +183,7 @@ class RunContext:
         logger.info("%s: generating and scoring %d %s items with %s", name, len(examples), split, model.model_id)
         result = evaluate(self.task, model, examples, run_id=self.run_id, split=split, name=name,
                           system_prompt=system_prompt, params=self.evaluation_sampling(role), progress=self.progress,
-                          pass_k=tuple(self.config.task.pass_k))
+                          pass_k=tuple(self.task.config.pass_k))
         if save:
             self.store.write_jsonl(f"samples/{name}.jsonl", (s.to_dict() for s in result.samples))
             self.store.write_json(f"metrics/{name}.json", result.metrics)

@@ -348,10 +348,15 @@ def test_possible_values_pass_the_checks() -> None:
         check_run_config(compose_run(overrides))
 
 
-def test_every_registered_method_is_importable_under_its_name() -> None:
+def test_every_method_is_registered_under_its_name_with_its_schema() -> None:
+    from bench.config import MethodConfig
     from bench.methods import METHODS, method_class
 
-    assert {name: method_class(name).name for name in METHODS} == {name: name for name in METHODS}
+    assert METHODS.names() == ["baseline", "cd", "compare", "onpolicy", "rpkd"]
+    for name in METHODS.names():
+        cls = method_class(name)
+        assert cls.name == name and issubclass(cls.config_class, MethodConfig)
+        assert cls.config_class().name == name  # the schema's default name selects the class that reads it
 
 
 def test_listed_nested_keys_leave_the_identity_alone(monkeypatch) -> None:

@@ -1,33 +1,40 @@
-"""Registry of methods: `method=<name>` in Hydra selects one of these classes.
+"""Methods by name: `method=<name>` in Hydra selects the class registered (`@register_method`) under that name.
 
-Each class is imported only when its method runs: RP-KD and on-policy pull in peft and TRL (~3.5 s of imports on
-the 2-core box), which a baseline run, or a command refused for a bad value, should not pay.
+A new method is a module in bench/methods (its class, with `name`, `config_class` and `run`) plus its
+conf/method/<name>.yaml; nothing else in bench names it (bench/registry.py finds it).
 """
 
 from __future__ import annotations
 
-from importlib import import_module
+import dataclasses
+from typing import Any
 
-from bench.methods.base import Method, MethodResult
+from omegaconf import DictConfig, OmegaConf
 
-METHODS: dict[str, str] = {
-    "baseline": "bench.methods.baseline:Baseline",
-    "cd": "bench.methods.concept_distillation:ConceptDistillation",
-    "rpkd": "bench.methods.response_priming:ResponsePrimingKD",
-    "onpolicy": "bench.methods.onpolicy:OnPolicyDistillation",
-    "compare": "bench.methods.compare:Compare",
-}
+from bench.methods.base import METHODS, Method, MethodResult, register_method
 
 
 def method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
-    module, _, attribute = METHODS[name].partition(":")
-    return getattr(import_module(module), attribute)
+    return METHODS.get(name)
 
 
-def make_method(config) -> Method:
-    return method_class(config.name)(config)
+def method_config(node: Any) -> Any:
+    """A method's config as its typed schema (choice fields as enums), converted once from a config node; a
+    dataclass is returned as it is."""
+    if dataclasses.is_dataclass(node):
+        return node
+    if isinstance(node, DictConfig):
+        typed = OmegaConf.to_object(node)  # resolved where it stands: `${seed}` refers to the run's seed
+        if isinstance(typed, dict):  # a plain node (not composed against the schema): typed by it now
+            typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(method_class(node.name).config_class),
+                                                        typed))
+        return typed
+    raise TypeError(f"a method config is a dataclass or a config node, not {type(node).__name__}")
 
 
-__all__ = ["METHODS", "Method", "MethodResult", "make_method", "method_class"]
+def make_method(config: Any) -> Method:
+    """The method `config.name` selects, built from its config (a node of the composed config, or its dataclass)."""
+    return method_class(config.name)(method_config(config))
+
+
+__all__ = ["METHODS", "Method", "MethodResult", "make_method", "method_class", "method_config", "register_method"]

@@ -1,16 +1,19 @@
-"""What every method is: a class with `run(ctx) -> MethodResult`, built from its config node."""
+"""What every method is: a class with `run(ctx) -> MethodResult`, built from its typed config, registered by name.
+
+`@register_method` makes `method=<cls.name>` select the class; its `config_class` is the schema conf/method/<name>.yaml
+extends (`- /<name>_schema@_here_`), and the method receives its config as that dataclass, converted once."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from omegaconf import OmegaConf
+from bench.registry import Registry
 
 if TYPE_CHECKING:
-    from bench.config import LoRAConfig, TrainConfig
+    from bench.config import LoRAConfig, MethodConfig, TrainConfig
     from bench.context import RunContext
     from bench.evaluation import EvalResult
     from bench.tasks.base import Example
@@ -36,13 +39,14 @@ class Headline:
 
 class Method(ABC):
     name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]]  # the method's schema; `config` is an instance of it
     roles: ClassVar[tuple[str, ...]]  # which models the method needs, built (and key-checked) before any work
     # whether a multi-process launch (torchrun) may run it: rank 0 runs it, the others serve its LoRA train jobs
     # (bench/training/distributed.py). A method that does not hand its training to them would leave them idle.
     trains_across_processes: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
-        self.config = config
+        self.config = config  # an instance of `config_class` (bench.methods.make_method converts a config node)
 
     @property
     def evaluated_roles(self) -> tuple[str, ...]:
@@ -65,15 +69,15 @@ class LoRATrainingMethod(Method):
 
     @property
     def lora(self) -> LoRAConfig:
-        return OmegaConf.to_object(self.config.lora)  # type: ignore[return-value]
+        return self.config.lora
 
     @property
     def train_config(self) -> TrainConfig:
-        return OmegaConf.to_object(self.config.train)  # type: ignore[return-value]
+        return self.config.train
 
     def build_dataset(self, ctx: RunContext) -> list[Example]:
         """The first `train_limit` train items; their ids go to artifacts/train_ids.json."""
-        examples = ctx.task.examples("train", limit=self.config.train_limit)
+        examples = ctx.examples("train", limit=self.config.train_limit)
         ctx.store.write_json("artifacts/train_ids.json", [e.id for e in examples])
         return examples
 
@@ -97,13 +101,33 @@ class LoRATrainingMethod(Method):
     def evaluate_adapters(ctx: RunContext, adapters: dict[str, str | None]) -> tuple[str, dict[str, EvalResult]]:
         """(split, arm -> evaluation): each arm's student (None: no adapter) on the same test items, as `test_<arm>`.
         A served student evaluates every arm on one server, each adapter served by its arm's name."""
-        split = ctx.config.task.eval_split
-        examples = ctx.task.examples(split, limit=ctx.config.task.limit)
+        split, examples = ctx.test_examples()
         results = {}
         with ctx.adapter_models("student", adapters) as model_for:
             for arm in adapters:
                 results[arm] = ctx.evaluate(model_for(arm), examples, split=split, name=f"test_{arm}")
         return split, results
+
+
+def paired_arms(ctx: RunContext, results: Mapping[str, EvalResult], reference: str,
+                extra: Callable[[str], dict[str, Any]] = lambda arm: {}
+                ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Summary rows and per-arm metrics of evaluations on the same items, each arm but `reference` with its paired
+    test against it (the row's diff and p-values; `paired_vs_<reference>` in its metrics). `extra(arm)` adds
+    method-specific row fields."""
+    from bench.evaluation import compare
+
+    rows, metrics = [], {}
+    for arm, result in results.items():
+        fields = extra(arm)
+        if arm == reference:
+            metrics[arm] = result.metrics
+        else:
+            paired = compare(results[reference], result, seed=ctx.seed)
+            fields.update(diff=paired.diff, mcnemar_p=paired.mcnemar_p, bootstrap_p=paired.bootstrap_p)
+            metrics[arm] = {**result.metrics, f"paired_vs_{reference}": paired.to_dict()}
+        rows.append(summary_row(arm, result.metrics, **fields))
+    return rows, metrics
 
 
 def best_arm(rows: list[dict[str, Any]], among: Callable[[str], bool]) -> Headline:
@@ -132,3 +156,11 @@ def summary_row(arm: str, metrics: dict[str, Any], **extra: Any) -> dict[str, An
                 row[f"pass@{k}_ci"] = [value["ci_low"], value["ci_high"]]
     row.update(extra)
     return row
+
+
+# `method=<name>` selects the class registered under its `name`; bench/registry.py imports every module in
+# bench/methods on the first lookup, so a method module registers itself with `@register_method`. Those modules
+# import their heavy libraries (torch, peft, TRL) inside the phases that use them: looking a method up, or
+# refusing a bad value, stays fast.
+METHODS: Registry[type[Method]] = Registry("method", "bench.methods")
+register_method = METHODS.register()

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.config import BaselineConfig
 from bench.context import RunContext
-from bench.methods.base import Headline, Method, MethodResult, best_arm, summary_row
+from bench.methods.base import Headline, Method, MethodResult, best_arm, register_method, summary_row
 
 
+@register_method
 class Baseline(Method):
     name = "baseline"
+    config_class = BaselineConfig
 
     @property
     def roles(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -25,8 +28,7 @@ class Baseline(Method):
         return (self.config.model,)
 
     def run(self, ctx: RunContext) -> MethodResult:
-        split = ctx.config.task.eval_split
-        examples = ctx.task.examples(split, limit=ctx.config.task.limit)
+        split, examples = ctx.test_examples()
         result = ctx.evaluate(ctx.model(self.config.model), examples, split=split, name=self.config.model)
         return MethodResult(metrics={"evaluation": result.metrics, "split": split},
                             rows=[summary_row(self.config.model, result.metrics)])

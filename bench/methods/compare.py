@@ -27,14 +27,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
+from bench.config import CompareConfig
 from bench.context import RunContext
-from bench.methods.base import Headline, Method, MethodResult, best_arm, summary_row
+from bench.methods.base import Headline, Method, MethodResult, best_arm, register_method, summary_row
 from bench.methods.concept_distillation import ConceptDistillation
 from bench.methods.onpolicy import ARM as ONPOLICY_ARM
 from bench.methods.onpolicy import OnPolicyDistillation
-from bench.methods.response_priming import SIGNALS, ResponsePrimingKD, TeacherSignal, teacher_signal
+from bench.methods.response_priming import ResponsePrimingKD
+from bench.methods.rpkd_signal import SIGNALS, TeacherSignal, teacher_signal
 from bench.result_records import COST_FIELDS
 from bench.scoring.metrics import paired_test
 from bench.tracking import RunStore, Tracker, read_jsonl
@@ -79,8 +79,10 @@ class PrefixedTracker(Tracker):
         self.inner.summary({f"{self.prefix}/{key}": value for key, value in values.items()})
 
 
+@register_method
 class Compare(Method):
     name = "compare"
+    config_class = CompareConfig
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -114,15 +116,11 @@ class Compare(Method):
         return [arm for arm in arms if arm != "no_train" and (arm != "gt_finetune" or keep_gt)]
 
     @staticmethod
-    def _sub_config(node: DictConfig, **overrides: Any) -> DictConfig:
-        """A copy of a method's own (typed) config node with the study's settings applied."""
-        config = copy.deepcopy(node)
-        OmegaConf.set_readonly(config, False)
-        for key, value in overrides.items():
-            if value is None and key in ("budget_tokens", "teacher_token_budget"):
-                continue  # the study sets no common budget: keep the sub-method's own
-            config[key] = value
-        return config
+    def _sub_config(config: Any, **overrides: Any) -> Any:
+        """A copy of a method's own typed config with the study's settings applied."""
+        kept = {key: copy.deepcopy(value) for key, value in overrides.items()
+                if value is not None or key not in ("budget_tokens", "teacher_token_budget")}  # None: no common budget
+        return dataclasses.replace(copy.deepcopy(config), **kept)
 
     @property
     def roles(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -135,8 +133,7 @@ class Compare(Method):
 
     # ------------------------------------------------------------------ driver
     def run(self, ctx: RunContext) -> MethodResult:
-        split = ctx.config.task.eval_split
-        examples = ctx.task.examples(split, limit=ctx.config.task.limit)
+        split, examples = ctx.test_examples()
         started = time.perf_counter()
         alone = ctx.evaluate(ctx.model("student"), examples, split=split, name="test_student")
         arms = [Arm("student", "Student alone", "baseline", ctx.store.path("samples/test_student.jsonl"),
@@ -151,7 +148,7 @@ class Compare(Method):
         rows, pairs = self._compare(ctx, arms)
         logger.info("compare: %d arms on %d %s items in %.0f s", len(arms), len(examples), split,
                     time.perf_counter() - started)
-        return MethodResult(metrics={"split": split, "seed": ctx.config.seed,
+        return MethodResult(metrics={"split": split, "seed": ctx.seed,
                                      "student_name": ctx.model_config("student").name,
                                      "teacher_name": ctx.model_config("teacher").name,
                                      "signals": [s.value for s in self.signals], "pairs": pairs,
@@ -244,7 +241,7 @@ class Compare(Method):
             if arm_ids != reference:
                 raise ValueError(f"arm {name!r} was scored on other items than the student alone: a paired "
                                  "comparison would be invalid")
-        seed = ctx.config.seed
+        seed = ctx.seed
         rows = []
         for arm in arms:
             extra: dict[str, Any] = {"label": arm.label, "family": arm.family, "cost": arm.cost, "losses": arm.losses}

@@ -32,7 +32,8 @@ from typing import Any
 
 from bench.context import RunContext
 from bench.evaluation import EvalResult, compare
-from bench.methods.base import Headline, Method, MethodResult, best_arm, summary_row
+from bench.config import CDConfig
+from bench.methods.base import Headline, Method, MethodResult, best_arm, register_method, summary_row
 from bench.methods.cd_rules import (ACCEPTANCES, TEACHER_SYSTEM, MalformedReply, Mistake, Rule, deduplicate,
                                     induction_prompt, judge, merge_prompt_request, parse_merged_prompt,
                                     parse_teacher_reply, prompt_with_rules)
@@ -63,8 +64,10 @@ def load_prompt(source: str) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
+@register_method
 class ConceptDistillation(Method):
     name = "cd"
+    config_class = CDConfig
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -107,7 +110,7 @@ class ConceptDistillation(Method):
         return self.evaluate(ctx, base_prompt, final_prompt, phase_metrics)
 
     def _base_prompt(self, ctx: RunContext) -> str:
-        return self.config.base_prompt if self.config.base_prompt is not None else ctx.config.task.system_prompt
+        return self.config.base_prompt if self.config.base_prompt is not None else ctx.task.config.system_prompt
 
     def _teacher_params(self, ctx: RunContext, seed_offset: int = 0) -> SamplingParams:
         base = ctx.sampling("teacher", max_new_tokens=self.config.teacher_max_new_tokens,
@@ -122,7 +125,7 @@ class ConceptDistillation(Method):
         if ctx.store.phase_done("initialize"):
             logger.info("initialize: resuming from mistakes.jsonl")
             return [Mistake(**record) for record in ctx.store.read_jsonl("mistakes.jsonl")]
-        examples = ctx.task.examples("train", limit=self.config.train_sample)
+        examples = ctx.examples("train", limit=self.config.train_sample)
         result = ctx.evaluate(ctx.model("student"), examples, split="train", name="initialize_train",
                               system_prompt=base_prompt)
         by_id = {example.id: example for example in examples}
@@ -206,7 +209,7 @@ class ConceptDistillation(Method):
             logger.info("deduce: resuming from final_prompt.txt")
             return (ctx.store.path("final_prompt.txt").read_text(encoding="utf-8").strip(),
                     ctx.store.read_json("phases/deduce.done"))
-        validation = ctx.task.examples("validation", limit=self.config.validation_limit)
+        validation = ctx.examples("validation", limit=self.config.validation_limit)
         if not validation:
             raise ValueError(f"task {ctx.task.name} has an empty validation split; CD selects rules on it "
                              "(set task.validation_size > 0)")
@@ -291,14 +294,13 @@ class ConceptDistillation(Method):
     # ------------------------------------------------------------------ phase 4
     def evaluate(self, ctx: RunContext, base_prompt: str, final_prompt: str,
                  phase_metrics: dict[str, Any]) -> MethodResult:
-        split = ctx.config.task.eval_split
-        examples = ctx.task.examples(split, limit=ctx.config.task.limit)
+        split, examples = ctx.test_examples()
         student = ctx.model("student")
         base: EvalResult = ctx.evaluate(student, examples, split=split, name="test_base_prompt",
                                         system_prompt=base_prompt)
         final: EvalResult = ctx.evaluate(student, examples, split=split, name="test_cd_prompt",
                                          system_prompt=final_prompt)
-        paired = compare(base, final, seed=ctx.config.seed)
+        paired = compare(base, final, seed=ctx.seed)
         metrics = {"split": split, "base_prompt": base.metrics, "cd_prompt": final.metrics,
                    "paired": paired.to_dict(), "final_prompt": final_prompt, **phase_metrics}
         rows = [summary_row("base prompt", base.metrics),

@@ -6,7 +6,7 @@ own answers to the train questions and the teacher scores those very tokens, so 
 its own mistakes lead it (Agarwal et al. 2024, "On-Policy Distillation of Language Models"; how recent releases
 distil). Every TRL call lives in bench/training/trl_distill.py.
 
-Equal terms with RP-KD: the same train items (`ctx.task.examples("train", limit=train_limit)`, each asked as the
+Equal terms with RP-KD: the same train items (`ctx.examples("train", limit=train_limit)`, each asked as the
 chat-templated `task.user_message`), the same teacher, the same LoRA and optimiser schemas, the same step budget
 and seed, then the same scorer on the same test items, `no_train` included.
 
@@ -20,17 +20,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-
+from bench.config import OnPolicyConfig, Optimizer, Scheduler
 from bench.context import RunContext
-from bench.evaluation import compare
-from bench.methods.base import Headline, LoRATrainingMethod, MethodResult, best_arm, summary_row
-from bench.models.hf import load_model_and_tokenizer, resolve_device, resolve_dtype
+from bench.methods.base import Headline, LoRATrainingMethod, MethodResult, best_arm, paired_arms, register_method
 from bench.result_records import COST_FIELDS
-from bench.tasks.base import Example
-from bench.training.lora_trainer import SCHEDULERS
-from bench.training.teacher_logits import check_same_tokenizer
+
+if TYPE_CHECKING:
+    from bench.tasks.base import Example
 
 ARM = "onpolicy"
 LABELS = {"no_train": "Student alone", ARM: "On-policy KD"}
@@ -39,8 +37,10 @@ SAME_TOKENIZER = ("On-policy distillation scores the student's sampled tokens wi
                   "another tokenizer, or behind an API, use method=rpkd method.signal=sequence.")
 
 
+@register_method
 class OnPolicyDistillation(LoRATrainingMethod):
     name = "onpolicy"
+    config_class = OnPolicyConfig
     roles = ("student", "teacher")
 
     def __init__(self, config: Any) -> None:
@@ -60,9 +60,10 @@ class OnPolicyDistillation(LoRATrainingMethod):
                              "for teacher-forced KD use method=rpkd")
         if config.train_limit is not None and config.train_limit < 1:
             raise ValueError(f"method.train_limit must be >= 1 (or null), got {config.train_limit}")
-        if config.train.optimizer not in ("sgd", "adamw") or config.train.scheduler not in SCHEDULERS:
-            raise ValueError(f"method.train.optimizer must be sgd or adamw and method.train.scheduler one of "
-                             f"{SCHEDULERS}; got {config.train.optimizer!r}, {config.train.scheduler!r}")
+        if config.train.optimizer not in tuple(Optimizer) or config.train.scheduler not in tuple(Scheduler):
+            raise ValueError(f"method.train.optimizer must be one of {[o.value for o in Optimizer]} and "
+                             f"method.train.scheduler one of {[s.value for s in Scheduler]}; got "
+                             f"{config.train.optimizer!r}, {config.train.scheduler!r}")
 
     def headline(self, rows: list[dict[str, Any]]) -> Headline:
         """The distilled student's test accuracy."""
@@ -85,12 +86,16 @@ class OnPolicyDistillation(LoRATrainingMethod):
         if teacher.backend != "hf":
             raise ValueError(f"the teacher {teacher.name!r} is served by backend={teacher.backend}, which returns "
                              f"text, not next-token distributions. {SAME_TOKENIZER}")
-        check_same_tokenizer(ctx.model("student").tokenizer, ctx.model("teacher").tokenizer, remedy=SAME_TOKENIZER)
+        from bench.training.teacher_logits import check_same_tokenizer
+
+        check_same_tokenizer(ctx.local_lm("student").tokenizer, ctx.local_lm("teacher").tokenizer,
+                             remedy=SAME_TOKENIZER)
 
     def max_completion_length(self, ctx: RunContext) -> int:
-        return int(self.config.max_completion_length or ctx.config.task.max_new_tokens)
+        return int(self.config.max_completion_length or ctx.task.config.max_new_tokens)
 
     def train(self, ctx: RunContext, examples: list[Example]) -> str:
+        from bench.models.hf import load_model_and_tokenizer, resolve_device, resolve_dtype
         from bench.training.trl_distill import RolloutSettings, distill_on_policy  # TRL loads only when training
 
         output = ctx.store.path(f"artifacts/{ARM}")
@@ -104,7 +109,7 @@ class OnPolicyDistillation(LoRATrainingMethod):
         settings = RolloutSettings(beta=self.config.beta, temperature=self.config.temperature,
                                    max_completion_length=self.max_completion_length(ctx))
         started = time.perf_counter()
-        report = distill_on_policy(model, ctx.model("teacher").model, tokenizer,
+        report = distill_on_policy(model, ctx.local_lm("teacher").model, tokenizer,
                                    [ctx.task.user_message(e) for e in examples], self.lora, self.train_config,
                                    settings, output, progress=ctx.progress,
                                    on_log=lambda row: ctx.tracker.log({f"train/{ARM}": row}))
@@ -123,20 +128,10 @@ class OnPolicyDistillation(LoRATrainingMethod):
         training = {arm: ctx.store.read_json(f"phases/train_{arm}.done") for arm, a in adapters.items() if a}
         costs = {arm: {key: done[key] for key in ("rollout_tokens", "forward_tokens", "steps", "train_s")}
                  for arm, done in training.items()}
-        metrics: dict[str, Any] = {"split": split, "arms": {}, "training": training, "costs": costs}
-        rows = []
-        for arm, result in results.items():
-            extra: dict[str, Any] = {"label": LABELS[arm], "cost": self._row_cost(result.metrics, costs.get(arm))}
-            if arm in training:
-                extra["losses"] = f"artifacts/{arm}/losses.jsonl"
-            if arm != "no_train":
-                paired = compare(results["no_train"], result, seed=ctx.config.seed)
-                extra.update(diff=paired.diff, mcnemar_p=paired.mcnemar_p, bootstrap_p=paired.bootstrap_p)
-                metrics["arms"][arm] = {**result.metrics, "paired_vs_no_train": paired.to_dict()}
-            else:
-                metrics["arms"][arm] = result.metrics
-            rows.append(summary_row(arm, result.metrics, **extra))
-        return MethodResult(metrics=metrics, rows=rows)
+        rows, arms = paired_arms(ctx, results, "no_train", lambda arm: {
+            "label": LABELS[arm], "cost": self._row_cost(results[arm].metrics, costs.get(arm)),
+            **({"losses": f"artifacts/{arm}/losses.jsonl"} if arm in training else {})})
+        return MethodResult(metrics={"split": split, "arms": arms, "training": training, "costs": costs}, rows=rows)
 
     @staticmethod
     def _row_cost(evaluation: dict[str, Any], training: dict[str, Any] | None) -> dict[str, Any]:

@@ -5,30 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.config import CacheConfig, ModelConfig
+from bench.models.backends import BACKENDS
 from bench.models.base import ChatModel, Completion, GenerationRequest, Message, SamplingParams
-
-BACKENDS = ("hf", "openai")
 
 
 def build_model(config: ModelConfig, cache: CacheConfig | None = None, server_log: Path | None = None) -> ChatModel:
-    """The configured backend, wrapped in the persistent generation cache unless cache.enabled is false. A config
-    with server.engine set is served by a server the harness starts on first use (bench/models/served.py), whose
-    output goes to `server_log`; stop it with the model's `stop_server()`."""
+    """The configured backend (bench/models/backends/), wrapped in the persistent generation cache unless
+    cache.enabled is false. A config with server.engine set is served by a server the harness starts on first use
+    (bench/models/served.py), whose output goes to `server_log`; stop it with the model's `stop_server()`."""
     if config.server.managed:
         from bench.models.served import ServedModel
 
         model: ChatModel = ServedModel(config, log_path=server_log).chat_model()
-    elif config.backend == "hf":
-        from bench.models.hf import HFChatModel
-
-        model = HFChatModel.from_config(config)
-    elif config.backend == "openai":
-        from bench.models.openai_api import OpenAIChatModel
-
-        model = OpenAIChatModel.from_config(config)
     else:
-        raise ValueError(f"unknown backend {config.backend!r} for model {config.name!r}; expected one of {BACKENDS}")
+        model = backend_factory(config)(config)
     return with_cache(model, cache)
+
+
+def backend_factory(config: ModelConfig):
+    """The factory registered under `config.backend`; an unknown name is refused naming the model and the choices."""
+    if config.backend not in BACKENDS:
+        raise ValueError(f"unknown backend {config.backend!r} for model {config.name!r}; available: "
+                         f"{', '.join(BACKENDS.names())}")
+    return BACKENDS.get(config.backend)
 
 
 def with_cache(model: ChatModel, cache: CacheConfig | None) -> ChatModel:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench.config import ScoringConfig, TaskConfig
 from bench.models.base import GenerationRequest, Message, SamplingParams
+from bench.registry import Registry
 from bench.scoring.scorer import Scorer
 from bench.scoring.verdict import Verdict
 
@@ -183,14 +184,7 @@ def format_number(value: float | int | str) -> str:
     return str(int(number)) if number.is_integer() else repr(number)
 
 
-TASKS: dict[str, type[Task]] = {}
-
-
-def register_task(cls: type[Task]) -> type[Task]:
-    """Class decorator: makes `task=<cls.name>` select `cls` (bench/tasks/__init__.py imports every module in
-    bench/tasks, so a task module placed there registers itself)."""
-    registered = TASKS.get(cls.name)
-    if registered is not None and registered is not cls:
-        raise ValueError(f"task name {cls.name!r} is taken by {registered.__module__}.{registered.__qualname__}")
-    TASKS[cls.name] = cls
-    return cls
+# `task=<name>` selects the class registered under `name` (its `name` attribute); bench/registry.py finds every
+# task module in bench/tasks, so a new task module registers itself with `@register_task`.
+TASKS: Registry[type[Task]] = Registry("task", "bench.tasks")
+register_task = TASKS.register()

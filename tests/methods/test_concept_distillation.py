@@ -168,10 +168,15 @@ class ScriptedValidation:
 
         self.effects = effects
         self.store = RunStore(root)
-        self.task = SimpleNamespace(name="scripted", examples=lambda split, limit=None: list(range(60)))
+        self.task = SimpleNamespace(name="scripted")
+
+    def examples(self, split: str, limit: int | None = None) -> list[int]:
+        return list(range(60))
 
     def model(self, role: str) -> None:
         return None
+
+    student = None
 
     def evaluate(self, model, examples, *, split: str, name: str, system_prompt: str):
         from bench.evaluation import EvalResult, SampleRecord, summarise

@@ -42,9 +42,9 @@ def test_onpolicy_arm_is_trained_scored_and_reported_beside_the_student_alone(tm
     assert [row["step"] for row in losses] == [1, 2, 3] and all(row["loss"] > 0 for row in losses)
     # the adapter was written, loads on the student, and is what the onpolicy arm was scored with
     adapter = folder / "artifacts/onpolicy/adapter"
-    from bench.context import model_config
+    from omegaconf import OmegaConf
     from bench.models import build_model
-    student = model_config(onpolicy_config(tmp_path), "student")
+    student = OmegaConf.to_object(onpolicy_config(tmp_path).student)
     loaded = build_model(dataclasses.replace(student, adapter_path=str(adapter)))
     assert "+lora:" in loaded.model_id
     assert {s["model_id"] for s in samples(folder, "onpolicy")} == {loaded.model_id}

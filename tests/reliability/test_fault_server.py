@@ -17,14 +17,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from omegaconf import OmegaConf
 from compose import compose_config, isolated
 from conftest import REPO_ROOT
 from scripted_server import ScriptedServer, Step
 
 from bench.context import RunContext
 from bench.methods.cd_rules import Mistake
-from bench.methods.concept_distillation import ConceptDistillation
-from bench.methods.response_priming import ResponsePrimingKD, TeacherUsage
+from bench.methods import Method, make_method
+from bench.methods.rpkd_signal import TeacherUsage
 from bench.models.base import PartialGenerationError
 from bench.models.cache import GenerationCache
 from bench.models.cost import FAILED_USAGE_LEDGER
@@ -99,20 +100,22 @@ RULES_REPLY = ("EXPLANATION: The student skipped steps.\nRULES:\n- Write every c
 PRICE_PER_REPLY = 5 * 400 / 1e6  # the server's 5 completion tokens at $400 per Mtok (prompt tokens free)
 
 
-def _context(tmp_path: Path, base_url: str, method: str, *extra: str) -> RunContext:
-    """A run context for calling one phase directly: the real config, models and cache, a stand-in task."""
+def _context(tmp_path: Path, base_url: str, method: str, *extra: str) -> tuple[RunContext, Method]:
+    """A run context and the method, for calling one phase directly: the real config, models and cache, a
+    stand-in task."""
     config = compose_config([f"method={method}", "student=tiny", "teacher=openai_compatible",
                              f"teacher.base_url={base_url}", "teacher.model_id=scripted-teacher",
                              "teacher.price_output_per_mtok=400", "teacher.max_retries=0", "task=gsm8k",
                              *isolated(tmp_path, method), *extra])
-    task = SimpleNamespace(name="gsm8k", description="grade-school math word problems.",
+    task = SimpleNamespace(name="gsm8k", config=OmegaConf.to_object(config.task), description="grade-school math word problems.",
                            user_message=lambda example: example.question,
                            reference_text=lambda example: example.solution,
                            training_target=lambda example: example.solution,
                            score_many=lambda examples, texts, progress=True: [
                                SimpleNamespace(passed=True, status=SimpleNamespace(value="passed")) for _ in texts])
-    return RunContext(config=config, task=task, store=RunStore(tmp_path / "run"), tracker=Tracker(), run_id="t",
-                      progress=False)
+    ctx = RunContext.from_config(config, ("student", "teacher"), task=task, store=RunStore(tmp_path / "run"),
+                                 tracker=Tracker(), run_id="t", progress=False)
+    return ctx, make_method(config.method)
 
 
 def _ledger(store: RunStore, relative: str) -> list[dict]:
@@ -127,17 +130,17 @@ def test_cd_induce_failure_leaves_its_spend_on_disk_and_the_resume_pays_only_the
     overrides = ("method.mistakes_per_call=1", "method.calls_per_round=3")
     # the 400 comes after 0.5 s, so its two siblings are sent and served; then the script is spent: it recovers
     with ScriptedServer([Step(400, delay_s=0.5)], reply=RULES_REPLY) as server:
-        ctx = _context(tmp_path, server.base_url, "cd", *overrides)
+        ctx, method = _context(tmp_path, server.base_url, "cd", *overrides)
         with pytest.raises(PartialGenerationError, match="1 of 3 requests"):
-            ConceptDistillation(ctx.config.method).induce(ctx, mistakes)
+            method.induce(ctx, mistakes)
         served_before = server.served
         (failed,) = _ledger(ctx.store, FAILED_USAGE_LEDGER)
         assert failed["phase"] == "induce" and failed["error"].startswith("PartialGenerationError")
         assert (failed["calls"], failed["cached"], served_before) == (2, 0, 2)
         assert failed["spent_usd"] == pytest.approx(served_before * PRICE_PER_REPLY)
 
-        ctx = _context(tmp_path, server.base_url, "cd", *overrides)  # the resumed run: same folder and cache
-        _, usage = ConceptDistillation(ctx.config.method).induce(ctx, mistakes)
+        ctx, method = _context(tmp_path, server.base_url, "cd", *overrides)  # the resumed run: same folder, cache
+        _, usage = method.induce(ctx, mistakes)
     assert server.served - served_before == 1 and (usage["calls"], usage["cached"]) == (3, 2)
     assert failed["spent_usd"] + usage["spent_usd"] == pytest.approx(server.served * PRICE_PER_REPLY)
 
@@ -147,17 +150,16 @@ def test_rpkd_teacher_solutions_failure_leaves_its_spend_on_disk(tmp_path: Path)
     priming = Priming("Explain it to a student.", raw_prefix=False)
     overrides = ("method.signal=sequence", "method.arms=[no_train,ground_truth]")
     with ScriptedServer([Step(400, delay_s=0.5)], reply="The answer is 4.") as server:
-        ctx = _context(tmp_path, server.base_url, "rpkd", *overrides)
-        method = ResponsePrimingKD(ctx.config.method)
+        ctx, method = _context(tmp_path, server.base_url, "rpkd", *overrides)
         with pytest.raises(PartialGenerationError, match="1 of 4 requests"):
-            method._teacher_solutions(ctx, "ground_truth", priming, examples, TeacherUsage())
+            method.teacher_priming.teacher_solutions(ctx, "ground_truth", priming, examples, TeacherUsage())
         served_before = server.served
         (failed,) = _ledger(ctx.store, f"artifacts/ground_truth/{FAILED_USAGE_LEDGER}")
         assert failed["phase"] == "prime_ground_truth" and (failed["calls"], served_before) == (3, 3)
         assert failed["spent_usd"] == pytest.approx(served_before * PRICE_PER_REPLY)
 
-        ctx = _context(tmp_path, server.base_url, "rpkd", *overrides)
+        ctx, method = _context(tmp_path, server.base_url, "rpkd", *overrides)
         usage = TeacherUsage()
-        kept = method._teacher_solutions(ctx, "ground_truth", priming, examples, usage)
+        kept = method.teacher_priming.teacher_solutions(ctx, "ground_truth", priming, examples, usage)
     assert len(kept) == 4 and usage.calls == 4
     assert server.served - served_before == 1, "the resumed run paid again for replies the failed run had received"

@@ -75,7 +75,7 @@ def addition() -> Iterator[type[AdditionTask]]:
     assert "addition" not in TASKS
     register_task(AdditionTask)
     yield AdditionTask
-    del TASKS["addition"]
+    TASKS.remove("addition")
 
 
 class Adder:
