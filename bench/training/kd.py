@@ -53,19 +53,6 @@ def aligned_sequence(tokenizer, user_message: str, answer: list[int], max_length
     return AlignedSequence(tuple(prompt + answer[: max_length - len(prompt)]), len(prompt))
 
 
-def right_padded(sequences: list[tuple[int, ...]] | list[list[int]], pad_token_id: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) [batch, longest] with each sequence at the left and padding after it: a causal
-    model's real positions never attend to the padding, so each row's logits equal its logits alone."""
-    width = max(len(tokens) for tokens in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, tokens in enumerate(sequences):
-        input_ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        attention[row, :len(tokens)] = 1
-    return input_ids, attention
-
-
 def answer_logits(logits: torch.Tensor, starts: list[int], lengths: list[int]) -> torch.Tensor:
     """Rows of `logits` [batch, time, vocab] that predict each sequence's answer tokens, concatenated."""
     return torch.cat([logits[b, start - 1:start - 1 + length] for b, (start, length) in enumerate(zip(starts,

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from bench.config import LoRAConfig, ModelConfig, TrainConfig
 from bench.training.distributed import RunFinished, World, connect_world, gradient_group
-from bench.training.kd import IGNORE, AlignedSequence, answer_logits, check_kd_options, kd_loss, right_padded
+from bench.training.batching import right_padded
+from bench.training.kd import IGNORE, AlignedSequence, answer_logits, check_kd_options, kd_loss
 from bench.training.published import PublishedItem, published_batch_loss
 from bench.training.teacher_logits import FullLogitsStore, TopKCache
 
@@ -169,9 +170,7 @@ def lora_for_arm(lora: LoRAConfig, arm: str, dropout_by_arm: Mapping[str, float]
 
 def collate(items: list[TrainItem], pad_token_id: int) -> dict[str, torch.Tensor | list[int]]:
     input_ids, attention = right_padded([item.sequence.input_ids for item in items], pad_token_id)
-    labels = torch.full(input_ids.shape, IGNORE, dtype=torch.long)
-    for row, item in enumerate(items):
-        labels[row, :len(item.sequence.input_ids)] = torch.tensor(item.sequence.labels())
+    labels, _ = right_padded([item.sequence.labels() for item in items], IGNORE)
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
             "starts": [item.sequence.answer_start for item in items],
             "lengths": [item.sequence.answer_length for item in items]}
