@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 IGNORE = -100
 
@@ -51,19 +52,6 @@ def aligned_sequence(tokenizer, user_message: str, answer: list[int], max_length
         raise ValueError(f"prompt of {len(prompt)} tokens leaves no room for the answer within max_length="
                          f"{max_length}; raise method.train.max_length")
     return AlignedSequence(tuple(prompt + answer[: max_length - len(prompt)]), len(prompt))
-
-
-def right_padded(sequences: list[tuple[int, ...]] | list[list[int]], pad_token_id: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) [batch, longest] with each sequence at the left and padding after it: a causal
-    model's real positions never attend to the padding, so each row's logits equal its logits alone."""
-    width = max(len(tokens) for tokens in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, tokens in enumerate(sequences):
-        input_ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        attention[row, :len(tokens)] = 1
-    return input_ids, attention
 
 
 def answer_logits(logits: torch.Tensor, starts: list[int], lengths: list[int]) -> torch.Tensor:
@@ -203,6 +191,50 @@ def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, teacher_indices
     kl = kl_from_log_probs(log_p, log_q, kl_direction)
     loss = alpha * ce + (1 - alpha) * temperature**2 * kl
     return loss, ce.detach(), kl.detach()
+
+
+class KDLoss(nn.Module):
+    """`kd_loss` configured once (temperature, alpha, KL direction, top-k tail) and applied to whole batches, the
+    positions whose label is `ignore_index` masked out, as torchtune's ForwardKLLoss reads.
+
+    forward(student_logits [..., V], labels [...], teacher_indices, teacher_logits, teacher_log_rest) -> (loss, ce,
+    kl), `kd_loss`'s values over the positions with a label. `labels` lines up with `student_logits`: the label of
+    a position is the token its logits predict (the next token), and `ignore_index` marks prompt and padding. The
+    teacher's top-k comes packed, one row per labelled position in row-major order ([N, k], [N, k], [N]; a teacher
+    cache holds nothing for prompt or padding), so it is given only where the loss reads it. The labelled rows are
+    gathered before any arithmetic, so the result and its gradient are those of `kd_loss` on the rows a caller
+    would select by hand, to the bit.
+    """
+
+    def __init__(self, temperature: float, alpha: float, kl_direction: str = "forward",
+                 topk_tail: str = "renormalize", ignore_index: int = IGNORE) -> None:
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        check_kd_options(kl_direction, topk_tail)
+        self.temperature = temperature
+        self.alpha = alpha
+        self.kl_direction = kl_direction
+        self.topk_tail = topk_tail
+        self.ignore_index = ignore_index
+
+    def forward(self, student_logits: torch.Tensor, labels: torch.Tensor, teacher_indices: torch.Tensor | None = None,
+                teacher_logits: torch.Tensor | None = None, teacher_log_rest: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if student_logits.shape[:-1] != labels.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} do not line up with student logits "
+                             f"{tuple(student_logits.shape)}")
+        labelled = labels != self.ignore_index
+        student, targets = student_logits[labelled], labels[labelled]
+        if teacher_indices is not None and len(teacher_indices) != len(targets):
+            raise ValueError(f"the teacher gives {len(teacher_indices)} positions, the labels {len(targets)}: the "
+                             "teacher's rows must be the labelled positions, in order")
+        return kd_loss(student, targets, teacher_indices, teacher_logits, self.temperature, self.alpha,
+                       kl_direction=self.kl_direction, topk_tail=self.topk_tail, teacher_log_rest=teacher_log_rest)
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, alpha={self.alpha}, kl_direction={self.kl_direction}, "
+                f"topk_tail={self.topk_tail}, ignore_index={self.ignore_index}")
 
 
 def published_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,

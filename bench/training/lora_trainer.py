@@ -32,8 +32,9 @@ from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from bench.config import LoRAConfig, ModelConfig, TrainConfig
+from bench.training.batching import right_padded
 from bench.training.distributed import RunFinished, World, connect_world, gradient_group
-from bench.training.kd import IGNORE, AlignedSequence, answer_logits, check_kd_options, kd_loss, right_padded
+from bench.training.kd import IGNORE, AlignedSequence, KDLoss
 from bench.training.published import PublishedItem, published_batch_loss
 from bench.training.teacher_logits import FullLogitsStore, TopKCache
 
@@ -169,16 +170,14 @@ def lora_for_arm(lora: LoRAConfig, arm: str, dropout_by_arm: Mapping[str, float]
 
 def collate(items: list[TrainItem], pad_token_id: int) -> dict[str, torch.Tensor | list[int]]:
     input_ids, attention = right_padded([item.sequence.input_ids for item in items], pad_token_id)
-    labels = torch.full(input_ids.shape, IGNORE, dtype=torch.long)
-    for row, item in enumerate(items):
-        labels[row, :len(item.sequence.input_ids)] = torch.tensor(item.sequence.labels())
+    labels, _ = right_padded([item.sequence.labels() for item in items], IGNORE)
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
             "starts": [item.sequence.answer_start for item in items],
             "lengths": [item.sequence.answer_length for item in items]}
 
 
 def loss_terms(items: list[TrainItem] | list[PublishedItem]) -> int:
-    """How many terms a micro-batch's loss averages: answer tokens (`kd.kd_loss`, a mean over them) for aligned
+    """How many terms a micro-batch's loss averages: answer tokens (`kd.KDLoss`, a mean over them) for aligned
     items, items (`published.published_batch_loss`, a mean of per-item means) for published ones."""
     if isinstance(items[0], PublishedItem):
         return len(items)
@@ -204,22 +203,18 @@ def recover_checkpoint(path: Path) -> None:
 class LoRATrainer:
     """Trains LoRA adapters on a causal LM with `alpha * CE + (1 - alpha) * T^2 * KL` on answer tokens.
 
-    The KL's direction and its treatment of the teacher's top-k tail are `kd.kd_loss`'s options.
+    The KL's direction and its treatment of the teacher's top-k tail are `kd.KDLoss`'s options.
     """
 
     def __init__(self, model, lora: LoRAConfig, train: TrainConfig, temperature: float, alpha: float,
                  pad_token_id: int, progress: bool = True, kl_direction: str = "forward",
                  topk_tail: str = "renormalize") -> None:
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        check_kd_options(kl_direction, topk_tail)
+        self.loss_fn = KDLoss(temperature, alpha, kl_direction, topk_tail)  # checks alpha and the options
         if train.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {train.scheduler!r}; expected one of {SCHEDULERS}")
         self.train_config = train
-        self.temperature = temperature
+        self.temperature = temperature  # the published loss takes them too
         self.alpha = alpha
-        self.kl_direction = kl_direction
-        self.topk_tail = topk_tail
         self.pad_token_id = pad_token_id
         self.world = connect_world()
         self.world.check_batch_split(train.batch_size)
@@ -255,7 +250,7 @@ class LoRATrainer:
 
     def batch_loss(self, items: list[TrainItem] | list[PublishedItem], teacher: TopKCache | FullLogitsStore | None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss, ce, kl) of one micro-batch: the aligned loss (`kd.kd_loss`) for TrainItems, the public code's
+        """(loss, ce, kl) of one micro-batch: the aligned loss (`kd.KDLoss`) for TrainItems, the public code's
         position-wise loss (`published.published_batch_loss`) for PublishedItems."""
         if isinstance(items[0], PublishedItem):
             return published_batch_loss(self.network, items, teacher, self.temperature, self.alpha,
@@ -264,8 +259,6 @@ class LoRATrainer:
         device = next(self.model.parameters()).device
         logits = self.network(input_ids=batch["input_ids"].to(device),
                               attention_mask=batch["attention_mask"].to(device)).logits
-        student = answer_logits(logits, batch["starts"], batch["lengths"])
-        targets = torch.cat([torch.tensor(item.sequence.input_ids[item.sequence.answer_start:]) for item in items])
         indices = values = log_rest = None
         if teacher is not None:
             entries = [teacher[item.example_id] for item in items]
@@ -273,8 +266,9 @@ class LoRATrainer:
             values = torch.cat([entry[1] for entry in entries]).float().to(device)
             if all(len(entry) > 2 for entry in entries):  # (indices, logits, log-rest mass): kd.teacher_topk
                 log_rest = torch.cat([entry[2] for entry in entries]).float().to(device)
-        return kd_loss(student, targets.to(device), indices, values, self.temperature, self.alpha,
-                       kl_direction=self.kl_direction, topk_tail=self.topk_tail, teacher_log_rest=log_rest)
+        # the logits at position t predict token t + 1: labels shifted left by one line up with them, and only the
+        # answer's positions keep a label, in the order the teacher's rows are concatenated
+        return self.loss_fn(logits[:, :-1], batch["labels"][:, 1:].to(device), indices, values, log_rest)
 
     def _order(self, items: list[TrainItem]) -> list[list[TrainItem]]:
         """Batches for all epochs, in a seeded order: identical for every arm, and reproducible on resume."""
@@ -376,7 +370,7 @@ class LoRATrainer:
                 raise ValueError("published items are trained against full-vocabulary teacher logits "
                                  "(teacher_logits.FullLogitsStore), not a top-k cache")
             return
-        if teacher is None or self.topk_tail != "rest_bucket" or self.alpha == 1.0:
+        if teacher is None or self.loss_fn.topk_tail != "rest_bucket" or self.alpha == 1.0:
             return
         if len(teacher[items[0].example_id]) < 3:
             raise ValueError("topk_tail=rest_bucket needs the teacher's tempered log-mass outside its top-k per "

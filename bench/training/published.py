@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.training.kd import published_kd_loss, right_padded
+from bench.training.batching import right_padded
+from bench.training.kd import published_kd_loss
 
 
 @dataclass(frozen=True)

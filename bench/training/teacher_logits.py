@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bench.training.kd import AlignedSequence, answer_logits, right_padded, teacher_topk
+from bench.training.batching import right_padded
+from bench.training.kd import AlignedSequence, answer_logits, teacher_topk
 
 
 class TopKCache:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bench.models.embedded import build_tiny_llama
-from bench.training.kd import (IGNORE, AlignedSequence, aligned_sequence, answer_ids, answer_logits, exact_kl,
-                               kd_loss, published_kd_loss, teacher_topk)
+from bench.training.kd import (IGNORE, AlignedSequence, KDLoss, aligned_sequence, answer_ids, answer_logits,
+                               exact_kl, kd_loss, published_kd_loss, teacher_topk)
 from bench.training.priming import priming_for
 from bench.training.teacher_logits import TopKCache, check_same_tokenizer, compute_topk
 
@@ -241,6 +241,75 @@ def test_rest_bucket_needs_the_teachers_rest_mass() -> None:
         kd_loss(student, torch.zeros(6, dtype=torch.long), indices, values, 2.0, 0.5, topk_tail="rest_bucket")
     with pytest.raises(ValueError, match="kl_direction"):
         kd_loss(student, torch.zeros(6, dtype=torch.long), indices, values, 2.0, 0.5, kl_direction="backward")
+
+
+def padded_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
+    """Student logits [3, 9, 40] of a right-padded batch and its next-token labels: IGNORE on each row's prompt and
+    padding, the answer tokens at the answer positions (starts, lengths as `answer_logits` takes them)."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(3, 9, 40, generator=generator)  # float32, as the trainer's student
+    starts, lengths = [2, 4, 1], [5, 3, 8]
+    labels = torch.full((3, 9), IGNORE)
+    for row, (start, length) in enumerate(zip(starts, lengths)):
+        labels[row, start - 1:start - 1 + length] = torch.randint(0, 40, (length,), generator=generator)
+    return logits, labels, starts, lengths
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("tail", ["renormalize", "rest_bucket"])
+@pytest.mark.parametrize("alpha", [0.0, 0.609, 1.0])
+def test_kd_module_is_kd_loss_on_the_labelled_rows_bit_for_bit(direction: str, tail: str, alpha: float) -> None:
+    """KDLoss on a padded batch against kd_loss on the answer rows selected by hand (`answer_logits`, the rows the
+    trainer passed before the module): the same loss, ce, kl and gradient, to the bit."""
+    logits, labels, starts, lengths = padded_batch(0)
+    rows_count = sum(lengths)
+    _, teacher = random_case(4, rows=rows_count, vocab=40)
+    values, indices = teacher.float().topk(6, dim=-1)
+    log_rest = rest_log_mass(teacher, indices, 2.0).float()
+    module = KDLoss(2.0, alpha, kl_direction=direction, topk_tail=tail)
+    batch = logits.clone().requires_grad_(True)
+    got = module(batch, labels, indices, values, log_rest)
+    got[0].backward()
+    by_hand = logits.clone().requires_grad_(True)
+    rows = answer_logits(by_hand, starts, lengths)
+    targets = torch.cat([labels[row, start - 1:start - 1 + length] for row, (start, length)
+                         in enumerate(zip(starts, lengths))])
+    expected = kd_loss(rows, targets, indices, values, 2.0, alpha, kl_direction=direction, topk_tail=tail,
+                       teacher_log_rest=log_rest)
+    expected[0].backward()
+    for mine, reference in zip(got, expected):
+        assert torch.equal(mine, reference)
+    assert torch.equal(batch.grad, by_hand.grad)
+    assert float(got[0].detach()) > 0.0 and (alpha == 1.0 or float(got[2]) > 0.0)  # a real loss, not two zeros
+
+
+def test_kd_module_ignores_prompt_and_padding_positions() -> None:
+    logits, labels, _, lengths = padded_batch(1)
+    _, teacher = random_case(5, rows=sum(lengths), vocab=40)
+    values, indices = teacher.float().topk(4, dim=-1)
+    module = KDLoss(5.942267, 0.5, kl_direction="reverse")
+    batch = logits.clone().requires_grad_(True)
+    loss, _, _ = module(batch, labels, indices, values)
+    loss.backward()
+    ignored = labels == IGNORE
+    assert batch.grad[ignored].abs().max() == 0.0 and batch.grad[~ignored].abs().max() > 0.0
+    scrambled = logits.clone()
+    scrambled[ignored] = 100 * torch.randn_like(scrambled[ignored])  # whatever the model says there
+    assert torch.equal(module(scrambled, labels, indices, values)[0], loss.detach())
+
+
+def test_kd_module_refuses_what_does_not_line_up() -> None:
+    logits, labels, _, lengths = padded_batch(2)
+    _, teacher = random_case(6, rows=sum(lengths) - 1, vocab=40)
+    values, indices = teacher.topk(4, dim=-1)
+    with pytest.raises(ValueError, match="labelled positions"):
+        KDLoss(2.0, 0.5)(logits, labels, indices, values)  # one teacher row short
+    with pytest.raises(ValueError, match="line up"):
+        KDLoss(2.0, 0.5)(logits, labels[:, 1:])
+    with pytest.raises(ValueError, match="alpha"):
+        KDLoss(2.0, 1.5)
+    with pytest.raises(ValueError, match="topk_tail"):
+        KDLoss(2.0, 0.5, topk_tail="drop")
 
 
 def test_teacher_topk_keeps_what_either_tail_needs() -> None:
