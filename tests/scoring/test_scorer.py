@@ -48,3 +48,25 @@ def test_code_scorer_builds_each_problem_from_the_example() -> None:
     assert verdicts == checker.score_many([(problem(example), c) for c in completions])
     assert scorer.score(example, completions[1]) == verdicts[1]
     assert seen[:2] == ["c/0", "c/0"]
+
+
+def test_code_scorer_scores_an_mbpp_shaped_task_through_the_problem_it_builds() -> None:
+    """Assert-only tests and no `check` function (MBPP's shape): the task's problem says how its tests run, so the
+    scorer needs no edit for it."""
+    example = Example(id="mbpp/3", question="Write a function to identify non-prime numbers.", answer="",
+                      solution="", extra={"test_list": ["assert is_not_prime(2) == False",
+                                                        "assert is_not_prime(10) == True",
+                                                        "assert is_not_prime(35) == True"],
+                                          "entry_point": "is_not_prime"})
+
+    def problem(e: Example) -> CodeProblem:
+        return CodeProblem(task_id=e.id, prompt="", test="\n".join(e.extra["test_list"]),
+                           entry_point=e.extra["entry_point"], test_call="")
+
+    scorer = CodeScorer(CodeChecker(CodeExecutor(NsjailSandbox(), SandboxLimits(cpu_time_s=3), workers=2)), problem)
+    right = ("```python\nimport math\n\ndef is_not_prime(n):\n    if n < 2:\n        return True\n"
+             "    return any(n % i == 0 for i in range(2, int(math.sqrt(n)) + 1))\n```")
+    wrong = "```python\ndef is_not_prime(n):\n    return n > 10\n```"
+    verdicts = scorer.score_many([example, example], [right, wrong])
+    assert [v.status for v in verdicts] == [Status.PASSED, Status.FAILED]
+    assert "is_not_prime(10) == True" in verdicts[1].detail  # the failing assert line, for CD's teacher
