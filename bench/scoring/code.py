@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from bench.scoring.sandbox import ProcessOutcome, Sandbox, SandboxLimits, TimeoutKind, sweep_orphaned_temp_roots
 from bench.scoring.sanitize import longest_parseable_prefix, parses, sanitize, split_lines
-from bench.scoring.scorer import ExampleScorer
+from bench.scoring.scorer import Assessment, ExampleScorer, check_lengths
 from bench.scoring.verdict import Status, Verdict
 
 if TYPE_CHECKING:
@@ -447,8 +447,15 @@ class CodeChecker:
         return self.executor.run(assemble_program(problem, completion))
 
     def score_many(self, pairs: Sequence[tuple[CodeProblem, str]], progress: bool = False) -> list[Verdict]:
-        programs = [assemble_program(problem, completion) for problem, completion in pairs]
-        return self.executor.run_many(programs, progress=progress, desc="running tests")
+        return [assessment.verdict for assessment in self.assess_many(pairs, progress=progress)]
+
+    def assess_many(self, pairs: Sequence[tuple[CodeProblem, str]], progress: bool = False) -> list[Assessment]:
+        """Each completion's verdict with the cleaned code that was run (`extracted["program"]`), extracted once."""
+        codes = [extract_completion_code(problem.prompt, completion, problem.entry_point)
+                 for problem, completion in pairs]
+        programs = [program_from_code(problem, code) for (problem, _), code in zip(pairs, codes)]
+        verdicts = self.executor.run_many(programs, progress=progress, desc="running tests")
+        return [Assessment(verdict, {}, {"program": code}) for verdict, code in zip(verdicts, codes)]
 
 
 def code_checker(scoring: ScoringConfig) -> CodeChecker:
@@ -479,7 +486,10 @@ class CodeScorer(ExampleScorer):
 
     def score_many(self, examples: Sequence[Any], completions: Sequence[str], progress: bool = False
                    ) -> list[Verdict]:
-        if len(examples) != len(completions):
-            raise ValueError(f"{len(examples)} examples but {len(completions)} completions")
-        return self.checker.score_many([(self.problem(e), c) for e, c in zip(examples, completions)],
-                                       progress=progress)
+        return [assessment.verdict for assessment in self.assess_many(examples, completions, progress=progress)]
+
+    def assess_many(self, examples: Sequence[Any], completions: Sequence[str], progress: bool = False
+                    ) -> list[Assessment]:
+        check_lengths(examples, completions)
+        return self.checker.assess_many([(self.problem(e), c) for e, c in zip(examples, completions)],
+                                        progress=progress)

@@ -23,6 +23,11 @@ def test_math_scorer_returns_the_checkers_verdicts(mode: str) -> None:
     examples = [MATH] * len(COMPLETIONS)
     assert scorer.score_many(examples, COMPLETIONS) == [checker.score(c, "18") for c in COMPLETIONS]
     assert [scorer.score(MATH, c) for c in COMPLETIONS] == [checker.score(c, "18") for c in COMPLETIONS]
+    # an assessment carries the same verdict, with every mode's outcome and extracted answer beside it
+    assessments = scorer.assess_many(examples, COMPLETIONS)
+    assert [a.verdict for a in assessments] == [checker.score(c, "18") for c in COMPLETIONS]
+    assert [a.scores for a in assessments] == [scorer.details(MATH, c) for c in COMPLETIONS]
+    assert assessments[1].extracted == {"strict": None, "flexible": "15"}
     assert scorer.details(MATH, "The answer is 17.") == {"strict": "failed", "flexible": "failed"}
     with pytest.raises(ValueError, match="2 examples but 1 completions"):
         scorer.score_many([MATH, MATH], ["18"])
