@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench.cli import (check_preset_spelling, expand_method_shorthand, method_options_at_composition,
                        prepare_job_config, sweeps_methods)
-from bench.config import register_configs
+from bench.config import CONF_DIR, REPO_ROOT, register_configs
 from bench.identity import NOT_IDENTITY as _NOT_IDENTITY
 from bench.identity import config_identity
 
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("bench")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
 def run_name(config: DictConfig, roles: tuple[str, ...]) -> str:
     if config.run_name:
         return str(config.run_name)

@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
 
 
 class Choice(StrEnum):
@@ -117,7 +121,7 @@ class TaskConfig:
     hub_id: str = MISSING  # public source, tried first (unless source=local or HF_HUB_OFFLINE=1)
     hub_config: str | None = None
     source: str = "auto"  # auto (hub, then local) | hub | local
-    local_dir: str | None = None  # default: $BENCH_DATA_DIR, else ../shared/data when present
+    local_dir: str | None = None  # default: $BENCH_DATA_DIR (a run's default: conf/config.yaml hydra.job.env_set)
     seed: int = 1234  # seeds the train/validation/test split; recorded with the ids of every split
     validation_size: int = 0
     test_size: int | None = None  # tasks without an official test split carve one out of the pool
@@ -394,6 +398,40 @@ class RunConfig:
     resume: bool = True  # reuse finished phases/artifacts of a run folder with the same name
 
 
+def repo_path(relative: str = "") -> str:
+    """`${repo_path:../shared/data}` in conf/: a path relative to this checkout (the folder holding conf/), made
+    absolute and normalised, so it names the same folder whatever the working directory of the run."""
+    return os.path.normpath(REPO_ROOT / relative)
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/config.yaml uses beyond Hydra's and OmegaConf's own."""
+    # conf/config.yaml's Hydra output folders end in the pid: two runs started in the same microsecond still differ.
+    # Cached, so it is the pid of the process that composed the sweep: launchers that run jobs in other processes
+    # (submitit, on other nodes) copy the sweep's resolver cache into each job, whose .hydra/ and log then land in
+    # the sweep's folder instead of one named after the job's own pid.
+    OmegaConf.register_new_resolver("pid", lambda: os.getpid(), replace=True, use_cache=True)
+    OmegaConf.register_new_resolver("repo_path", repo_path, replace=True)
+
+
+def job_environment() -> dict[str, str]:
+    """The environment conf/config.yaml's `hydra.job.env_set` gives every job (BENCH_DATA_DIR: the task data
+    folder), resolved as a job started now would see it.
+
+    Hydra sets it only around a job it launches; scripts and tests that call the library directly (benchmarks/,
+    configs composed in-process) read it here, so the default lives in one place, the application's config.
+    """
+    register_resolvers()
+    env_set = OmegaConf.load(CONF_DIR / "config.yaml").hydra.job.get("env_set") or {}
+    return {str(key): str(value) for key, value in env_set.items()}
+
+
+def use_job_environment() -> None:
+    """Set each variable of `job_environment()` that the environment does not set already."""
+    for key, value in job_environment().items():
+        os.environ.setdefault(key, value)
+
+
 def register_configs(store: ConfigStore | None = None) -> None:
     """Register the schemas so conf/*.yaml files are type-checked.
 
@@ -403,11 +441,7 @@ def register_configs(store: ConfigStore | None = None) -> None:
     (`<name>_schema`), and the method options of the command line (`cd.<key>=...`, bench/cli.py) are validated
     against it."""
     store = store or ConfigStore.instance()
-    # conf/config.yaml's Hydra output folders end in the pid: two runs started in the same microsecond still differ.
-    # Cached, so it is the pid of the process that composed the sweep: launchers that run jobs in other processes
-    # (submitit, on other nodes) copy the sweep's resolver cache into each job, whose .hydra/ and log then land in
-    # the sweep's folder instead of one named after the job's own pid.
-    OmegaConf.register_new_resolver("pid", lambda: os.getpid(), replace=True, use_cache=True)
+    register_resolvers()
     store.store(name="run_schema", node=RunConfig)
     from bench.methods import METHODS  # each registered method brings its schema (Method.config_class)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.models.base import ChatModel, Completion, GenerationRequest, SamplingParams
 from bench.scoring.metrics import PairedComparison, estimate, paired_test, pass_at_k
-from bench.scoring.verdict import Verdict
+from bench.scoring.scorer import Assessment
 from bench.tasks.base import Example, Task
 
 
@@ -115,11 +115,11 @@ def summarise(samples: Sequence[SampleRecord], generation_s: float = 0.0, scorin
 
 
 def _record(task: Task, example: Example, request: GenerationRequest, completion: Completion,
-            verdicts: Sequence[Verdict], *, run_id: str, split: str, name: str, model_id: str) -> SampleRecord:
-    """One item's record from its completions (n >= 1) and their verdicts."""
-    audits = [{"status": verdict.status.value, "detail": verdict.detail,
-               "scores": task.score_details(example, text), "extracted": task.extracted(example, text)}
-              for text, verdict in zip(completion.texts, verdicts)]
+            assessments: Sequence[Assessment], *, run_id: str, split: str, name: str, model_id: str) -> SampleRecord:
+    """One item's record from its completions (n >= 1) and what the scorer made of each."""
+    verdicts = [assessment.verdict for assessment in assessments]
+    audits = [{"status": a.verdict.status.value, "detail": a.verdict.detail, "scores": a.scores,
+               "extracted": a.extracted} for a in assessments]
     first, many = audits[0], len(audits) > 1
     n_correct = sum(verdict.passed for verdict in verdicts)
     return SampleRecord(
@@ -152,14 +152,14 @@ def evaluate(task: Task, model: ChatModel, examples: Sequence[Example], *, run_i
     flat_examples = [example for example, c in zip(examples, completions) for _ in c.texts]
     flat_texts = [text for completion in completions for text in completion.texts]
     started = time.perf_counter()
-    flat_verdicts = task.score_many(flat_examples, flat_texts, progress=progress)
+    flat_assessments = task.assess_many(flat_examples, flat_texts, progress=progress)  # each text read once
     scoring_s = time.perf_counter() - started
     samples, offset = [], 0
     for example, request, completion in zip(examples, requests, completions):
-        verdicts = flat_verdicts[offset:offset + len(completion.texts)]
+        assessments = flat_assessments[offset:offset + len(completion.texts)]
         offset += len(completion.texts)
-        samples.append(_record(task, example, request, completion, verdicts, run_id=run_id, split=split, name=name,
-                               model_id=model.model_id))
+        samples.append(_record(task, example, request, completion, assessments, run_id=run_id, split=split,
+                               name=name, model_id=model.model_id))
     return EvalResult(name, samples, summarise(samples, generation_s, scoring_s, pass_k=pass_k))
 
 

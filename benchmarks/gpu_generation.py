@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from bench.config import GenerationEngine, ModelConfig, TaskConfig
+from bench.config import GenerationEngine, ModelConfig, TaskConfig, use_job_environment
 from bench.models import embedded
 from bench.models.base import GenerationRequest, SamplingParams
 from bench.models.hf import HFChatModel, _compile_config, load_model_and_tokenizer, resolve_device, resolve_dtype
@@ -150,6 +150,7 @@ def gsm8k_requests(count: int, params: SamplingParams) -> tuple[list[GenerationR
     from bench.tasks import make_task
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    use_job_environment()  # BENCH_DATA_DIR as a `bench` run has it (conf/config.yaml)
     try:
         task = make_task(TaskConfig(name="gsm8k", hub_id="openai/gsm8k", hub_config="main"))
         examples = task.examples("test", limit=count)

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from bench.config import ModelConfig, TaskConfig
+from bench.config import ModelConfig, TaskConfig, use_job_environment
 from bench.models.base import SamplingParams
 from bench.models.hf import HFChatModel
 from bench.tasks import make_task
@@ -37,6 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    use_job_environment()  # BENCH_DATA_DIR as a `bench` run has it (conf/config.yaml)
     task = make_task(TaskConfig(name="gsm8k", hub_id="openai/gsm8k", hub_config="main"))
     model = HFChatModel.from_config(ModelConfig(name="bench", backend="hf", model_id=args.model))
     params = SamplingParams(max_new_tokens=args.max_new_tokens)

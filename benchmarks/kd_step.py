@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from bench.config import LoRAConfig, ModelConfig, TaskConfig, TrainConfig
+from bench.config import LoRAConfig, ModelConfig, TaskConfig, TrainConfig, use_job_environment
 from bench.models.hf import load_model_and_tokenizer
 from bench.tasks import make_task
 from bench.training.kd import aligned_sequence, answer_ids
@@ -43,6 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    use_job_environment()  # BENCH_DATA_DIR as a `bench` run has it (conf/config.yaml)
     task = make_task(TaskConfig(name="gsm8k", hub_id="openai/gsm8k", hub_config="main"))
     examples = task.examples("train", limit=args.batch_size)
     config = ModelConfig(name="bench", backend="hf", model_id=args.model)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench.config import LoRAConfig, ModelConfig, TaskConfig
+from bench.config import LoRAConfig, ModelConfig, TaskConfig, use_job_environment
 from bench.models import embedded
 from bench.models.hf import load_model_and_tokenizer
 from bench.tasks import make_task
@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    use_job_environment()  # BENCH_DATA_DIR as a `bench` run has it (conf/config.yaml)
     started = time.perf_counter()
 
     task = make_task(TaskConfig(name="gsm8k", hub_id="openai/gsm8k", hub_config="main", source="local"))

@@ -42,4 +42,5 @@ def _local_data_present() -> bool:
 
 # GSM8K/MultiArith cannot come from the (unreachable) hub here: tests that run them need the local copies.
 needs_data = pytest.mark.skipif(not _local_data_present(),
-                                reason="no local task data: set BENCH_DATA_DIR or place ../shared/data")
+                                reason="no local task data: set BENCH_DATA_DIR or place ../shared/data "
+                                       "(conf/config.yaml's default)")

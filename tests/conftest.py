@@ -20,6 +20,20 @@ os.environ.setdefault("WANDB_SILENT", "true")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def _use_the_runs_data_dir() -> None:
+    """The task data folder a `bench` run gets from conf/config.yaml (hydra.job.env_set), for the tests that call
+    the library directly (configs composed in-process, as tests/compose.py does, never get Hydra's job
+    environment); only where the environment sets none and the folder exists."""
+    from bench.config import job_environment
+
+    data_dir = job_environment()["BENCH_DATA_DIR"]
+    if "BENCH_DATA_DIR" not in os.environ and Path(data_dir).is_dir():
+        os.environ["BENCH_DATA_DIR"] = data_dir
+
+
+_use_the_runs_data_dir()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -323,3 +323,20 @@ def test_runs_started_in_the_same_second_get_their_own_hydra_folders(monkeypatch
     (run_a, sweep_a), (run_b, sweep_b) = folders.values()
     assert run_a != run_b and sweep_a != sweep_b
     assert run_a.startswith("results/default/_hydra/2025-01-02_03-04-05")
+
+
+# ------------------------------------------------------------------ where a run finds task data
+def test_a_run_gets_its_data_folder_from_hydra_not_from_the_job_config(tmp_path: Path) -> None:
+    """BENCH_DATA_DIR defaults to ../shared/data next to this checkout, set for each job by conf/config.yaml's
+    hydra.job.env_set: outside the job config (so no run's identity moves) and whatever the working directory."""
+    from bench.config import job_environment
+
+    default = os.path.normpath(REPO.parent / "shared" / "data")
+    env = {key: value for key, value in os.environ.items() if key != "BENCH_DATA_DIR"}
+    shown = subprocess.run([sys.executable, "-m", "bench", "--cfg", "hydra", "-p", "hydra.job.env_set", "--resolve"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                           env={**env, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert f"BENCH_DATA_DIR: {default}" in shown.stdout
+    assert "BENCH_DATA_DIR" not in OmegaConf.to_yaml(compose_config([]))
+    assert job_environment()["BENCH_DATA_DIR"] == os.environ.get("BENCH_DATA_DIR", default)

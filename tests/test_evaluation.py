@@ -119,3 +119,72 @@ def test_a_backend_returning_the_wrong_number_of_samples_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="returned 1 completions for a request of n=4"):
         evaluate(_task(), Short(SCRIPT), EXAMPLES, run_id="r", split="test", name="eval", progress=False,
                  params=SamplingParams(temperature=0.8, n=4))
+
+
+# Defect: each math completion was read four times during an evaluation (the verdict, the per-mode scores, then
+# the answer once per mode) and each code completion's program was extracted twice (to run it, then to record it).
+def test_each_math_completion_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.scoring.math as math_scoring
+
+    read: list[str] = []
+    extractions = math_scoring._extractions
+
+    def counted(text: str):
+        read.append(text)
+        return extractions(text)
+
+    monkeypatch.setattr(math_scoring, "_extractions", counted)
+    result = evaluate(_task(), ScriptedSampler(SCRIPT), EXAMPLES, run_id="r", split="test", name="eval",
+                      progress=False, params=SamplingParams(temperature=0.8, n=4))
+    assert sorted(read) == sorted(text for texts in SCRIPT.values() for text in texts)
+    assert result.samples[1].verdicts[2]["extracted"] == {"strict": None, "flexible": "2"}  # still recorded
+
+
+def test_each_code_completion_is_extracted_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.scoring.code as code_scoring
+    import bench.tasks.humaneval as humaneval
+    from bench.scoring import Status, Verdict
+    from bench.scoring.code import CodeChecker, CodeScorer
+    from bench.tasks.humaneval import HumanEvalTask
+
+    class Executor:
+        """Stands in for the sandbox: every program passes, and each is kept."""
+
+        def __init__(self) -> None:
+            self.programs: list[str] = []
+
+        def run_many(self, programs: Sequence[str], progress: bool = False, desc: str = "") -> list[Verdict]:
+            self.programs += programs
+            return [Verdict(Status.PASSED) for _ in programs]
+
+    read: list[str] = []
+    extract = code_scoring.extract_completion_code
+
+    def counted(prompt: str, completion: str, entry_point: str) -> str:
+        read.append(completion)
+        return extract(prompt, completion, entry_point)
+
+    monkeypatch.setattr(code_scoring, "extract_completion_code", counted)
+    monkeypatch.setattr(humaneval, "extract_completion_code", counted)
+    prompt = 'def add(a, b):\n    """a + b"""\n'
+    example = Example(id="code/0", question=prompt, answer="    return a + b\n", solution="",
+                      extra={"test": "def check(f):\n    assert f(1, 2) == 3\n", "entry_point": "add"})
+    executor = Executor()
+    task = HumanEvalTask(TaskConfig(name="humaneval", hub_id="none"),
+                         CodeScorer(CodeChecker(executor), humaneval._problem))  # type: ignore[arg-type]
+    texts = ["```python\ndef add(a, b):\n    return a + b\n```", "    return b + a\n"]
+
+    class Sampler:
+        backend, model_id = "scripted", "scripted@1"
+
+        def generate(self, requests, progress=True):
+            return [Completion(tuple(texts), 10, 20) for _ in requests]
+
+    result = evaluate(task, Sampler(), [example], run_id="r", split="test", name="eval", progress=False,
+                      params=SamplingParams(temperature=0.8, n=2))
+    assert read == texts
+    record = result.samples[0]
+    assert [v["extracted"]["program"] for v in record.verdicts] == ["\ndef add(a, b):\n    return a + b\n",
+                                                                    "    return b + a\n"]
+    assert executor.programs == [f"{prompt}{v['extracted']['program']}\n\n{example.extra['test']}\n\ncheck(add)\n"
+                                 for v in record.verdicts]

