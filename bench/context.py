@@ -149,7 +149,7 @@ class RunContext:
     def _stop_servers(self, which: Callable[[ModelConfig], bool]) -> None:
         stopped: set[int] = set()
         for role, model in self._models.items():
-            stop = getattr(model, "stop_server", None)  # served models only (through the cache wrapper too)
+            stop = getattr(model, "stop_server", None)  # served models (and the cache wrapper around any model)
             if stop is not None and id(model) not in stopped and which(self.model_config(role)):
                 stopped.add(id(model))
                 stop()

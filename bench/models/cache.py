@@ -167,8 +167,11 @@ class CachedChatModel:
     def backend(self) -> str:
         return self.inner.backend
 
-    def __getattr__(self, name: str):  # expose backend extras (tokenizer, model) to code that needs them
-        return getattr(self.inner, name)
+    def stop_server(self) -> None:
+        """Stop the managed server behind the wrapped model, if it has one (bench/models/served.py)."""
+        stop = getattr(self.inner, "stop_server", None)
+        if stop is not None:
+            stop()
 
     def generate(self, requests: Sequence[GenerationRequest],
                  progress: bool | GenerationProgress = True) -> list[Completion]:
