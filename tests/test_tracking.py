@@ -3,7 +3,6 @@ from the run's own transaction log by tests/wandb_offline.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess

@@ -34,7 +34,7 @@ from bench.methods.concept_distillation import ConceptDistillation
 from bench.methods.onpolicy import ARM as ONPOLICY_ARM
 from bench.methods.onpolicy import OnPolicyDistillation
 from bench.methods.response_priming import ResponsePrimingKD
-from bench.methods.rpkd_signal import SIGNALS, TeacherSignal, teacher_signal
+from bench.methods.rpkd_signal import SIGNALS, Signal, teacher_signal
 from bench.result_records import COST_FIELDS
 from bench.scoring.metrics import paired_test
 from bench.tracking import RunStore, Tracker, read_jsonl
@@ -108,11 +108,11 @@ class Compare(Method):
             logger.warning("method.teacher_token_budget does not cap the on-policy arm (TRL's trainer scores every "
                            "rollout); its teacher tokens are reported in its cost")
 
-    def _rpkd_arms(self, arms, signal: TeacherSignal, index: int) -> list[str]:
+    def _rpkd_arms(self, arms, signal: Signal, index: int) -> list[str]:
         """The sub-run's arms: no no_train (the student alone is measured once), and the aligned GT fine-tune only in
         the first aligned signal's run (it does not depend on the signal; `published` has its own)."""
-        first_aligned = next((i for i, s in enumerate(self.signals) if s is not TeacherSignal.PUBLISHED), None)
-        keep_gt = signal is TeacherSignal.PUBLISHED or index == first_aligned
+        first_aligned = next((i for i, s in enumerate(self.signals) if s is not Signal.published), None)
+        keep_gt = signal is Signal.published or index == first_aligned
         return [arm for arm in arms if arm != "no_train" and (arm != "gt_finetune" or keep_gt)]
 
     @staticmethod
@@ -215,9 +215,9 @@ class Compare(Method):
                    result.metrics["arms"][ONPOLICY_ARM], cost, losses)
 
     @staticmethod
-    def _rpkd_name(arm: str, signal: TeacherSignal) -> tuple[str, str]:
+    def _rpkd_name(arm: str, signal: Signal) -> tuple[str, str]:
         if arm == "gt_finetune":
-            if signal is TeacherSignal.PUBLISHED:
+            if signal is Signal.published:
                 return "gt_finetune/published", "GT fine-tune (published)"
             return "gt_finetune", "GT fine-tune"
         return f"rpkd/{signal.value}/{arm}", f"RP-KD {ARM_LABELS.get(arm, arm)} ({signal.value})"

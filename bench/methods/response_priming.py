@@ -34,8 +34,7 @@ from bench.config import RPKDConfig
 from bench.context import RunContext
 from bench.methods.base import Headline, LoRATrainingMethod, MethodResult, best_arm, paired_arms, register_method
 from bench.methods.rpkd_arms import BASELINE_ARMS, PRIMING_ARMS, check_dropout_arms, select_arms
-from bench.methods.rpkd_signal import (SIGNALS, PrimedTeacher, TeacherPriming, TeacherSignal, TeacherUsage,
-                                       teacher_signal)
+from bench.methods.rpkd_signal import PrimedTeacher, Signal, TeacherPriming, teacher_signal
 from bench.training.priming import priming_for, wording
 
 if TYPE_CHECKING:  # torch, peft: imported by the steps that use them (looking the method up stays fast)
@@ -43,8 +42,6 @@ if TYPE_CHECKING:  # torch, peft: imported by the steps that use them (looking t
     from bench.training.lora_trainer import TrainItem, TrainJob
     from bench.training.published import PublishedItem
     from bench.training.teacher_logits import FullLogitsStore, TopKCache
-
-__all__ = ["SIGNALS", "ResponsePrimingKD", "TeacherSignal", "TeacherUsage", "teacher_signal"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +64,7 @@ class ResponsePrimingKD(LoRATrainingMethod):
         self.teacher_priming = TeacherPriming(config, self.signal, self.wording)
         if not 0.0 <= config.alpha <= 1.0 or config.temperature <= 0:
             raise ValueError("method.alpha must be in [0, 1] and method.temperature > 0")
-        if self.signal is TeacherSignal.PUBLISHED and config.kl_direction != "reverse":
+        if self.signal is Signal.published and config.kl_direction != "reverse":
             raise ValueError("method.signal=published is the public code's loss, whose KL is reverse "
                              "(KL(student||teacher)); set method.kl_direction=reverse or choose another signal")
         if config.teacher_token_budget is not None and config.teacher_token_budget < 1:
@@ -141,7 +138,7 @@ class ResponsePrimingKD(LoRATrainingMethod):
             examples = [e for e in examples if e.id in primed.ids]
         items: list[TrainItem] | list[PublishedItem]
         teacher: TopKCache | FullLogitsStore | None
-        if self.signal is TeacherSignal.PUBLISHED:  # gt_finetune too: the published fine-tune control
+        if self.signal is Signal.published:  # gt_finetune too: the published fine-tune control
             items, teacher = self.teacher_priming.published_items(tokenizer, examples), primed.full_logits
         else:
             items = self._aligned_items(ctx, tokenizer, examples, primed.targets)

@@ -15,10 +15,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from bench.config import RPKDConfig
+from bench.config import RPKDConfig, Signal
 from bench.context import LocalLM, RunContext
 from bench.models.base import GenerationRequest, Message
 from bench.models.cost import FAILED_USAGE_LEDGER, UsageMeter, generate_metered
@@ -33,27 +32,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class TeacherSignal(str, Enum):
-    """What the student learns from the primed teacher (`method.signal`); see the module docstring."""
-
-    PUBLISHED = "published"
-    REFERENCE = "reference"
-    PRIMED_RESPONSE = "primed_response"
-    SEQUENCE = "sequence"
+SIGNALS = tuple(s.value for s in Signal)  # the aliases (token) are not listed
+RENAMED_SIGNALS = {"token": Signal.reference}  # earlier name, still accepted
 
 
-SIGNALS = tuple(s.value for s in TeacherSignal)
-RENAMED_SIGNALS = {"token": TeacherSignal.REFERENCE}  # earlier name, still accepted
-
-
-def teacher_signal(value: str) -> TeacherSignal:
+def teacher_signal(value: str) -> Signal:
+    """What the student learns from the primed teacher (`method.signal`, the schema's `Signal`), from its name."""
     if value in RENAMED_SIGNALS:
         logger.warning("method.signal=%s is now called %s", value, RENAMED_SIGNALS[value].value)
         return RENAMED_SIGNALS[value]
     try:
-        return TeacherSignal(value)
+        return Signal(value)
     except ValueError:
         raise ValueError(f"method.signal must be one of {SIGNALS}, got {value!r}") from None
+
 
 @dataclass
 class TeacherUsage:
@@ -128,7 +120,7 @@ class TeacherPriming:
     primed."""
 
     config: RPKDConfig
-    signal: TeacherSignal
+    signal: Signal
     wording: PrimingWording
 
     @property
@@ -154,12 +146,12 @@ class TeacherPriming:
                                                                 "raw_prefix": priming.raw_prefix})
         usage = TeacherUsage(budget_tokens=self.config.teacher_token_budget)
         primed = PrimedTeacher(usage=usage)
-        if self.signal in (TeacherSignal.SEQUENCE, TeacherSignal.PRIMED_RESPONSE):
+        if self.signal in (Signal.sequence, Signal.primed_response):
             primed.targets = self.teacher_solutions(ctx, arm, priming, examples, usage)
             primed.ids = set(primed.targets)
-        if self.signal is TeacherSignal.PUBLISHED:
+        if self.signal is Signal.published:
             primed.full_logits, primed.ids = self._published_logits(ctx, arm, priming, examples, usage)
-        elif self.signal is not TeacherSignal.SEQUENCE:
+        elif self.signal is not Signal.sequence:
             primed.topk = self._teacher_topk(ctx, arm, priming, examples, primed.targets, usage)
             primed.ids = set(primed.topk.entries)
         usage.primed_items = len(primed.ids or ())
@@ -182,10 +174,10 @@ class TeacherPriming:
         if ctx.store.exists(f"artifacts/{arm}/targets.json"):
             primed.targets = ctx.store.read_json(f"artifacts/{arm}/targets.json")
             primed.ids = set(primed.targets)
-        if self.signal is TeacherSignal.PUBLISHED:
+        if self.signal is Signal.published:
             primed.full_logits = FullLogitsStore(ctx.store.path(f"artifacts/{arm}/teacher_logits"))
             primed.ids = set(ctx.store.read_json(f"artifacts/{arm}/primed_ids.json"))
-        elif self.signal is not TeacherSignal.SEQUENCE:
+        elif self.signal is not Signal.sequence:
             path = ctx.store.path(f"artifacts/{arm}/teacher_topk.pt")
             if not path.exists():
                 return None
@@ -241,7 +233,7 @@ class TeacherPriming:
         """A served teacher's top-k are vLLM's prompt log-probs at T=1 (bench/training/served_logprobs.py): refuse a
         loss they cannot give before any teacher call, not after priming."""
         if "teacher" not in roles or ctx.model_config("teacher").backend != "openai" or self.config.alpha == 1.0 \
-                or self.signal not in (TeacherSignal.REFERENCE, TeacherSignal.PRIMED_RESPONSE):
+                or self.signal not in (Signal.reference, Signal.primed_response):
             return
         from bench.training.served_logprobs import served_kd_problem
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from bench.config import LoRAConfig, ModelConfig, TrainConfig
 from bench.training.batching import right_padded
-from bench.training.distributed import RunFinished, World, connect_world, gradient_group
+from bench.training.distributed import RunFinished, connect_world, gradient_group
 from bench.training.kd import IGNORE, AlignedSequence, KDLoss
 from bench.training.published import PublishedItem, published_batch_loss
 from bench.training.teacher_logits import FullLogitsStore, TopKCache

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import textwrap
-import threading
 import time
 from pathlib import Path
 
