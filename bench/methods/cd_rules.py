@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from difflib import SequenceMatcher
 
+from bench.config import Acceptance
 from bench.scoring.metrics import mcnemar_exact
 
 TEACHER_SYSTEM = (
@@ -167,7 +168,7 @@ def parse_merged_prompt(reply: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- acceptance
-ACCEPTANCES = ("mcnemar", "gain", "min_items")
+ACCEPTANCES = tuple(a.value for a in Acceptance)
 
 
 @dataclass(frozen=True)

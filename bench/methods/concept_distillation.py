@@ -32,7 +32,7 @@ from typing import Any
 
 from bench.context import RunContext
 from bench.evaluation import EvalResult, compare
-from bench.config import CDConfig
+from bench.config import CDConfig, Merge, Selection
 from bench.methods.base import Headline, Method, MethodResult, best_arm, register_method, summary_row
 from bench.methods.cd_rules import (ACCEPTANCES, TEACHER_SYSTEM, MalformedReply, Mistake, Rule, deduplicate,
                                     induction_prompt, judge, merge_prompt_request, parse_merged_prompt,
@@ -44,8 +44,8 @@ logger = logging.getLogger(__name__)
 
 Batches = list[tuple[int, list[Mistake]]]  # mistake batches for the teacher, each with its index
 
-SELECTIONS = ("greedy", "independent")
-MERGES = ("list", "teacher")
+SELECTIONS = tuple(s.value for s in Selection)  # the schema's choices, for configs built in code
+MERGES = tuple(m.value for m in Merge)
 RETRY_TEMPERATURE = 0.7
 
 
