@@ -29,7 +29,8 @@ class Baseline(Method):
 
     def run(self, ctx: RunContext) -> MethodResult:
         split, examples = ctx.test_examples()
-        result = ctx.evaluate(ctx.model(self.config.model), examples, split=split, name=self.config.model)
+        role = self.config.model
+        result = ctx.evaluate(ctx.model(role), examples, split=split, name=role, role=role)  # sampled as configured
         return MethodResult(metrics={"evaluation": result.metrics, "split": split},
                             rows=[summary_row(self.config.model, result.metrics)])
 

@@ -60,6 +60,12 @@ def _wait_for_requests(server: ScriptedServer, count: int, child: subprocess.Pop
         time.sleep(0.05)
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it: a suite started in the background of a non-interactive shell (nohup ... &,
+    some CI runners) passes SIGINT on ignored, and a child that inherits that never sees the signal at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(child: subprocess.Popen) -> tuple[float, float, str]:
     """Send SIGINT; (monotonic time sent, seconds until exit, stderr). A child still alive after a generous
     limit is killed so the test reports the figure instead of hanging."""
@@ -82,7 +88,8 @@ def test_ctrl_c_stops_sending_exits_in_seconds_and_keeps_the_replies_that_arrive
         cache_path = tmp_path / "cache.sqlite"
         child = subprocess.Popen([sys.executable, "-c", CHILD, server.base_url, str(cache_path)],
                                  env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"},
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=_default_sigint)
         _wait_for_requests(server, 5 if fault == "retrying" else 4, child)  # 2 answered, the rest hanging/retrying
         time.sleep(0.3)
         sent, exit_s, stderr = _interrupt(child)
