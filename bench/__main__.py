@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import hydra
@@ -35,6 +36,7 @@ from bench.identity import config_identity
 
 if TYPE_CHECKING:
     from bench.methods import Method
+    from bench.registry import Registry
     from bench.result_records import RunFacts
     from bench.tracking import RunStore, Tracker
     from bench.training.distributed import World
@@ -91,8 +93,9 @@ def execute(config: DictConfig, progress: bool = True, strict: bool = True) -> d
     from bench.tracking import claim_run_folder
 
     prepare_job_config(config, strict=strict)
-    check_run_config(config)  # before the method's imports (peft, TRL): a refused value answers in a second
+    check_run_config(config, roles=())  # before the method is built: a refused value answers in a second
     method = make_method(config.method)
+    check_model_configs(config, method.roles)  # only the models it uses: another may be left incomplete
     world = _join_launch(method)
     if not world.is_main:  # under torchrun / accelerate launch: rank 0 is the run, the others help it train
         from bench.training.lora_trainer import serve_train_jobs
@@ -172,8 +175,9 @@ def _execute_in(store: RunStore, config: DictConfig, method: Method, name: str, 
     return metrics
 
 
-def check_run_config(config: DictConfig) -> None:
-    """Values no run can use, refused before any model is loaded or any teacher call is paid for."""
+def check_run_config(config: DictConfig, roles: Sequence[str] = ("student", "teacher")) -> None:
+    """Values no run can use, refused before any model is loaded or any teacher call is paid for: the task's, the
+    method's, the cache's, and those of the models in `roles`."""
     task = config.task
     for key in ("limit", "validation_size", "test_size"):
         value = task.get(key)
@@ -184,17 +188,31 @@ def check_run_config(config: DictConfig) -> None:
     if task.max_new_tokens < 1:
         raise ValueError(f"task.max_new_tokens={task.max_new_tokens} is impossible; use a positive number")
     from bench.methods import METHODS
-    from bench.models.backends import BACKENDS
     from bench.tasks import TASKS
 
-    for key, name, registry in (("task.name", task.name, TASKS), ("method.name", config.method.name, METHODS),
-                                ("student.backend", config.student.backend, BACKENDS),
-                                ("teacher.backend", config.teacher.backend, BACKENDS)):
-        if name not in registry:
-            raise ValueError(f"{key}={name} names no registered {registry.kind}; available: "
-                             f"{', '.join(registry.names())}")
-    for key, value, low, high in _bounded_values(config):
-        if value is not None and not (low <= value <= high):
+    for key, name, registry in (("task.name", task.name, TASKS), ("method.name", config.method.name, METHODS)):
+        _check_registered(key, name, registry)
+    _check_bounds(config, ("method", "cache"))
+    check_model_configs(config, roles)
+
+
+def check_model_configs(config: DictConfig, roles: Sequence[str]) -> None:
+    """The backend and bounded values of each model in `roles` (a method's roles: an unused model is not read)."""
+    from bench.models.backends import BACKENDS
+
+    for role in roles:
+        _check_registered(f"{role}.backend", config[role].backend, BACKENDS)
+    _check_bounds(config, roles)
+
+
+def _check_registered(key: str, name: str, registry: Registry) -> None:
+    if name not in registry:
+        raise ValueError(f"{key}={name} names no registered {registry.kind}; available: {', '.join(registry.names())}")
+
+
+def _check_bounds(config: DictConfig, sections: Sequence[str]) -> None:
+    for key, value, low, high in _bounded_values(config, sections):
+        if not (low <= value <= high):
             bound = f">= {low}" if high == float("inf") else f"in [{low}, {high}]"
             raise ValueError(f"{key}={value} is impossible; it must be {bound}")
 
@@ -214,19 +232,19 @@ _BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 
-def _bounded_values(config: DictConfig):
-    """(dotted key, value, low, high) for every bounded option of the run's method, models and cache."""
+def _bounded_values(config: DictConfig, sections: Sequence[str]):
+    """(dotted key, value, low, high) for every bounded option set (not null) in `sections` of the config."""
     def walk(node: Any, prefix: str):
         for key, value in node.items():
             path = f"{prefix}.{key}"
             if isinstance(value, DictConfig):
                 yield from walk(value, path)
-            elif isinstance(value, (int, float)) and not isinstance(value, bool) or value is None:
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 bound = next((_BOUNDS[suffix] for suffix in _BOUNDS if path.endswith(f".{suffix}")), None)
                 if bound:
                     yield path, value, *bound
 
-    for section in ("method", "student", "teacher", "cache"):
+    for section in sections:
         yield from walk(config[section], section)
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from compose import compose_config, needs_data
+from compose import compose_config, isolated, needs_data
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
@@ -374,3 +374,15 @@ def test_listed_nested_keys_leave_the_identity_alone(monkeypatch) -> None:
     assert cli.config_identity(config) == before
     config.student.batch_size = 3  # what is not listed still counts
     assert cli.config_identity(config) != before
+
+
+def test_a_model_the_method_does_not_use_may_be_left_incomplete(tmp_path: Path) -> None:
+    """A baseline of the student never builds the teacher, and its config may leave the teacher unfinished
+    (teacher=openai_compatible has no model_id until one is given); the value checks read it all the same and
+    failed with omegaconf's MissingMandatoryValue on teacher.model_id."""
+    from bench.__main__ import execute
+
+    metrics = execute(compose_config(["method=baseline", "student=tiny", "teacher=openai_compatible", "task=gsm8k",
+                                      "task.limit=1", "task.max_new_tokens=2", "logger=none",
+                                      *isolated(tmp_path, "unused")]), progress=False)
+    assert list(metrics["models"]) == ["student"]
