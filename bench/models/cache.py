@@ -192,43 +192,46 @@ class CachedChatModel:
         try:
             for start in range(0, len(misses), self.flush_every):
                 chunk = misses[start:start + self.flush_every]
-                bar.on_completed = self._store_as_it_arrives(keys, chunk)
+                stored: set[int] = set()  # request indexes stored on arrival, not to be written again
+                bar.on_completed = self._store_as_it_arrives(keys, chunk, stored)
                 try:
                     fresh: Sequence[Completion | None] = self.inner.generate([requests[i] for i in chunk],
                                                                              progress=bar)
                 except BaseException as error:
-                    carrier = self._carrier(error, keys, chunk, results)
+                    carrier = self._carrier(error, keys, chunk, results, stored)
                     if carrier is error:
                         raise
                     raise carrier from error
-                self._keep(keys, chunk, fresh, results)
+                self._keep(keys, chunk, fresh, results, stored)
         finally:
             bar.close()
         return results  # type: ignore[return-value]  # every slot is a hit or a fresh completion
 
-    def _store_as_it_arrives(self, keys: Sequence[str], chunk: Sequence[int]):
+    def _store_as_it_arrives(self, keys: Sequence[str], chunk: Sequence[int], stored: set[int]):
         """Store each completion the moment the backend has it (index = position in `chunk`): a kill -9 in the
-        middle of a chunk then loses nothing a server already answered, so a resumed run never asks again."""
+        middle of a chunk then loses nothing a server already answered, so a resumed run never asks again. The
+        request indexes stored go into `stored`."""
         def store(index: int, completion: Completion) -> None:
             if completion.finish_reason != "error":
                 self.cache.put_many([(keys[chunk[index]], completion)])
+                stored.add(chunk[index])
         return store
 
     def _carrier(self, error: BaseException, keys: Sequence[str], chunk: Sequence[int],
-                 results: list[Completion | None]) -> BaseException:
+                 results: list[Completion | None], stored: set[int]) -> BaseException:
         """Store the replies `error` carries for `chunk`; return what to raise: `error` itself when nothing new
         (paid) had arrived in this call, else an error carrying every completion the call holds."""
-        self._keep(keys, chunk, carried_completions(error), results)
+        self._keep(keys, chunk, carried_completions(error), results, stored)
         if not any(completion is not None and not completion.cached for completion in results):
             return error
         return with_completions(error, results)
 
     def _keep(self, keys: Sequence[str], chunk: Sequence[int], fresh: Sequence[Completion | None],
-              results: list[Completion | None]) -> None:
-        """Store a chunk's arrived completions (None: failed or not sent; errors are never stored) and slot them
-        into `results` at their request indexes."""
+              results: list[Completion | None], stored: set[int]) -> None:
+        """Store a chunk's arrived completions not `stored` on arrival already (None: failed or not sent; errors
+        are never stored) and slot them into `results` at their request indexes."""
         arrived = [(index, completion) for index, completion in zip(chunk, fresh) if completion is not None]
         self.cache.put_many([(keys[index], completion) for index, completion in arrived
-                             if completion.finish_reason != "error"])
+                             if completion.finish_reason != "error" and index not in stored])
         for index, completion in arrived:
             results[index] = completion

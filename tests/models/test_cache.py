@@ -272,3 +272,32 @@ def test_each_completion_is_stored_the_moment_it_arrives(tmp_path, open_cache) -
     inner = CountingModel()
     results = CachedChatModel(inner, cache).generate([_request("a"), _request("b")])
     assert inner.calls == [["b"]] and results[0].cached and results[0].text.startswith("echo")
+
+
+def test_a_reply_stored_as_it_arrived_is_not_stored_again_with_its_chunk(tmp_path, open_cache) -> None:
+    """Backends that report each reply as it arrives (hf, openai) had it written twice: once on arrival, once more
+    with the chunk; the sharded layout's shard held 6 lines for 3 replies, each with its fsync."""
+
+    class Reporting(CountingModel):
+        def generate(self, requests, progress=True):
+            completions = super().generate(requests, progress)
+            for index, completion in enumerate(completions):
+                progress.completed(index, completion)
+            return completions
+
+    class CountingStore:
+        def __init__(self, inner) -> None:
+            self.inner, self.written = inner, []
+
+        def get_many(self, keys):
+            return self.inner.get_many(keys)
+
+        def put_many(self, items):
+            self.written += [key for key, _ in items]
+            self.inner.put_many(items)
+
+    store = CountingStore(open_cache(tmp_path / "c.sqlite"))
+    results = CachedChatModel(Reporting(), store).generate([_request(t) for t in "abc"])
+    assert len(store.written) == len(set(store.written)) == 3
+    assert [r.text for r in CachedChatModel(CountingModel(), store).generate([_request(t) for t in "abc"])] == \
+        [r.text for r in results]
