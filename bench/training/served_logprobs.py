@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -202,9 +201,11 @@ def tempered_rest_bounds(logprobs: torch.Tensor, vocab_size: int, temperature: f
 class ServedTeacher:
     """A teacher behind an OpenAI-compatible server that implements vLLM's prompt_logprobs (and, optionally, its
     /tokenize). Requests are retried as generation requests are (bench/models/openai_api.py): 429, 5xx, timeouts
-    and dropped connections back off or wait what the server asks; other errors fail at once."""
+    and dropped connections back off or wait what the server asks; other errors fail at once. The wait between
+    attempts is the model's own, which a stop (another request's failure, Ctrl-C) cuts short; `sleep` replaces it
+    (tests)."""
 
-    def __init__(self, api: OpenAIChatModel, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, api: OpenAIChatModel, sleep: Callable[[float], None] | None = None) -> None:
         self.api = api
         self._sleep = sleep
 
@@ -212,11 +213,12 @@ class ServedTeacher:
     def model_id(self) -> str:
         return self.api.model_id
 
-    def prompt_logprobs(self, prompt: Sequence[int], k: int) -> dict[str, Any]:
-        """The completions response, as the JSON the server sent, for one prompt of token ids."""
+    def prompt_logprobs(self, prompt: Sequence[int], k: int, stop: threading.Event | None = None) -> dict[str, Any]:
+        """The completions response, as the JSON the server sent, for one prompt of token ids; once `stop` is set, no
+        further attempt is sent."""
         raw = self._retrying(lambda: self.api.client.completions.with_raw_response.create(
             model=self.api.model, prompt=list(prompt), max_tokens=1, temperature=0.0,
-            extra_body={"prompt_logprobs": k}))
+            extra_body={"prompt_logprobs": k}), stop)
         http = raw.http_response
         try:
             body = http.json()
@@ -240,9 +242,9 @@ class ServedTeacher:
             raise
         return body if isinstance(body, dict) and isinstance(body.get("tokens"), list) else None
 
-    def _retrying(self, call: Callable[[], Any]) -> Any:
+    def _retrying(self, call: Callable[[], Any], stop: threading.Event | None = None) -> Any:
         try:
-            return self.api.with_retries(call, sleep=self._sleep)
+            return self.api.with_retries(call, stop=stop, sleep=self._sleep)
         except Exception as error:
             _describe_status_error(error)
             raise
@@ -341,7 +343,7 @@ def _ask_all(teacher: ServedTeacher, sequences: dict[str, AlignedSequence], k: i
             return None  # not sent
         sequence = sequences[example_id]
         try:
-            response = teacher.prompt_logprobs(sequence.input_ids, k)
+            response = teacher.prompt_logprobs(sequence.input_ids, k, stop)
             rows = parse_prompt_logprobs(response, sequence.input_ids, sequence.answer_start, k)
         except BaseException:
             stop.set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -352,3 +353,17 @@ def test_rpkd_refuses_a_rest_bucket_a_served_teacher_cannot_give_before_asking_i
         execute(rpkd_config(tmp_path, "teacher=openai_compatible", f"teacher.base_url={server.base_url}",
                             "teacher.model_id=tiny-served"), progress=False)  # T = 5.94, rest_bucket: defaults
     assert server.requests == []
+
+
+def test_a_request_that_fails_for_good_stops_the_others_retries(tiny, tmp_path: Path) -> None:
+    """A 400 stops the priming, but a sibling backing off after a 503 went on retrying (its retries did not see
+    the shared stop), sending a request after the run had already failed."""
+    model, tokenizer = tiny
+    with ScriptedServer([503, Step(400, delay_s=0.2)], routes=vllm_routes(model, tokenizer)) as server:
+        api = OpenAIChatModel("teacher-70b", base_url=server.base_url, max_concurrency=2, max_retries=2)
+        teacher = ServedTeacher(api, sleep=lambda _: time.sleep(0.6))  # the 503's backoff outlasts the 400
+        with pytest.raises(Exception, match="400"):
+            fill_served_topk(teacher, sequences_of(tokenizer), TopKItemStore(tmp_path / "items"), 5, 1.0,
+                             progress=False)
+        time.sleep(0.8)  # past the backoff: a retry that ignored the stop would have been sent by now
+    assert len(server.requests) == 2
