@@ -21,7 +21,7 @@ from bench.config import RPKDConfig, Signal
 from bench.context import LocalLM, RunContext
 from bench.models.base import GenerationRequest, Message
 from bench.models.cost import FAILED_USAGE_LEDGER, UsageMeter, generate_metered
-from bench.training.priming import Priming, PrimingWording, priming_for
+from bench.training.priming import Priming, Wording, priming_for
 
 if TYPE_CHECKING:
     from bench.tasks.base import Example
@@ -121,7 +121,7 @@ class TeacherPriming:
 
     config: RPKDConfig
     signal: Signal
-    wording: PrimingWording
+    wording: Wording
 
     @property
     def train_config(self):

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.config import KLDirection, TopKTail
+
 IGNORE = -100
 
 
@@ -60,8 +62,8 @@ def answer_logits(logits: torch.Tensor, starts: list[int], lengths: list[int]) -
                                                                                                       lengths))])
 
 
-KL_DIRECTIONS = ("forward", "reverse")
-TOPK_TAILS = ("renormalize", "rest_bucket")
+KL_DIRECTIONS = tuple(d.value for d in KLDirection)  # the schema's choices, for losses configured in code
+TOPK_TAILS = tuple(t.value for t in TopKTail)
 
 
 def check_kd_options(kl_direction: str, topk_tail: str) -> None:

@@ -31,7 +31,7 @@ from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from bench.config import LoRAConfig, ModelConfig, TrainConfig
+from bench.config import LoRAConfig, ModelConfig, Scheduler, TrainConfig
 from bench.training.batching import right_padded
 from bench.training.distributed import RunFinished, connect_world, gradient_group
 from bench.training.kd import IGNORE, AlignedSequence, KDLoss
@@ -55,7 +55,7 @@ class TrainReport:
     adapter_dir: str
 
 
-SCHEDULERS = ("none", "cosine")
+SCHEDULERS = tuple(s.value for s in Scheduler)  # the schema's choices, for trainers configured in code
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
 
-
-class PrimingWording(str, Enum):
-    PUBLISHED = "published"
-    PARAPHRASE = "paraphrase"
+from bench.config import Wording
 
 
 # Quoted from the public RP-KD code (github.com/alonso130r/knowledge-distillation, by the paper's authors;
@@ -45,8 +41,8 @@ PARAPHRASED_PRIMING: Mapping[str, str] = {
     "confidence": ("Solve the problem below. Before you state the final answer, briefly double-check your work "
                    "and make sure you are confident in it."),
 }
-WORDINGS: Mapping[PrimingWording, Mapping[str, str]] = {PrimingWording.PUBLISHED: PUBLISHED_PRIMING,
-                                                        PrimingWording.PARAPHRASE: PARAPHRASED_PRIMING}
+WORDINGS: Mapping[Wording, Mapping[str, str]] = {Wording.published: PUBLISHED_PRIMING,
+                                                        Wording.paraphrase: PARAPHRASED_PRIMING}
 
 
 @dataclass(frozen=True)
@@ -62,19 +58,19 @@ class Priming:
         return self.text + question if self.raw_prefix else f"{self.text}\n\n{question}"
 
 
-def wording(value: str | PrimingWording) -> PrimingWording:
+def wording(value: str | Wording) -> Wording:
     try:
-        return PrimingWording(value)
+        return Wording(value)
     except ValueError:
         raise ValueError(f"unknown method.priming_wording {value!r}; choose from "
-                         f"{[w.value for w in PrimingWording]}") from None
+                         f"{[w.value for w in Wording]}") from None
 
 
-def priming_for(arm: str, wording_name: str | PrimingWording = PrimingWording.PUBLISHED,
+def priming_for(arm: str, wording_name: str | Wording = Wording.published,
                 custom: str | None = None) -> Priming:
     """The arm's priming in the chosen wording; `custom` is the user's text, placed like that wording's strings."""
     chosen = wording(wording_name)
-    raw_prefix = chosen is PrimingWording.PUBLISHED
+    raw_prefix = chosen is Wording.published
     if arm == "custom":
         if not custom:
             raise ValueError("the custom arm needs method.custom_priming (the priming prompt's text)")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.training.priming import PARAPHRASED_PRIMING, PUBLISHED_PRIMING, PrimingWording, priming_for
+from bench.config import Wording
+from bench.training.priming import PARAPHRASED_PRIMING, PUBLISHED_PRIMING, priming_for
 
 
 def test_custom_priming_needs_its_text() -> None:
@@ -34,7 +35,7 @@ def test_published_wording_is_a_raw_prefix_and_paraphrases_a_paragraph() -> None
     published = priming_for("ground_truth")  # the default wording
     assert published.raw_prefix and published.apply(question) == PUBLISHED_PRIMING["ground_truth"] + question
     assert published.apply(question).startswith("As a smart language model") and "\n" not in published.apply(question)
-    paraphrase = priming_for("ground_truth", PrimingWording.PARAPHRASE)
+    paraphrase = priming_for("ground_truth", Wording.paraphrase)
     assert paraphrase.apply(question) == f"{PARAPHRASED_PRIMING['ground_truth']}\n\n{question}"
     for wording in ("published", "paraphrase"):
         assert priming_for("base", wording).apply(question) == question
