@@ -3,8 +3,8 @@ model backends (`student.backend=`).
 
 Each entry registers itself with a decorator in the module that defines it (as lm-evaluation-harness's
 `register_model` does), and a registry imports every module of its package the first time it is asked for a name,
-so adding a task, a method or a backend is one new module (plus its YAML): no list elsewhere names it. Entries may
-carry metadata (a method's config schema); registering a taken name is an error naming both owners.
+so adding a task, a method or a backend is one new module (plus its YAML): no list elsewhere names it. Registering
+a taken name is an error naming both owners.
 """
 
 from __future__ import annotations
@@ -25,40 +25,33 @@ class Registry(Generic[T]):
     kind: str  # "task", "method", "backend": used in error messages
     package: str  # the package whose modules are imported to find every entry
     _entries: dict[str, T] = field(default_factory=dict, repr=False)
-    _meta: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     _discovered: bool = field(default=False, repr=False)
 
-    def register(self, name: str | None = None, **meta: Any) -> Callable[[T], T]:
-        """Decorator: `@registry.register("name", key=value)`; without a name, the entry's own `name` attribute."""
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        """Decorator: `@registry.register("name")`; without a name, the entry's own `name` attribute."""
 
         def decorate(entry: T) -> T:
-            self.add(name if name is not None else getattr(entry, "name"), entry, **meta)
+            self.add(name if name is not None else getattr(entry, "name"), entry)
             return entry
 
         return decorate
 
-    def add(self, name: str, entry: T, **meta: Any) -> None:
+    def add(self, name: str, entry: T) -> None:
         registered = self._entries.get(name)
         if registered is not None and registered is not entry:
             raise ValueError(f"{self.kind} name {name!r} is taken by {_qualified(registered)}; "
                              f"{_qualified(entry)} needs another name")
         self._entries[name] = entry
-        self._meta[name] = meta
 
     def remove(self, name: str) -> None:
         """Forget an entry (tests that register a toy one clean up after themselves)."""
         self._entries.pop(name, None)
-        self._meta.pop(name, None)
 
     def get(self, name: str) -> T:
         self.discover()
         if name not in self._entries:
             raise ValueError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._entries))}")
         return self._entries[name]
-
-    def meta(self, name: str) -> dict[str, Any]:
-        self.get(name)
-        return self._meta[name]
 
     def names(self) -> list[str]:
         self.discover()

@@ -18,16 +18,8 @@ def build_model(config: ModelConfig, cache: CacheConfig | None = None, server_lo
 
         model: ChatModel = ServedModel(config, log_path=server_log).chat_model()
     else:
-        model = backend_factory(config)(config)
+        model = BACKENDS.get(config.backend)(config)  # an unknown name is refused, listing the registered ones
     return with_cache(model, cache)
-
-
-def backend_factory(config: ModelConfig):
-    """The factory registered under `config.backend`; an unknown name is refused naming the model and the choices."""
-    if config.backend not in BACKENDS:
-        raise ValueError(f"unknown backend {config.backend!r} for model {config.name!r}; available: "
-                         f"{', '.join(BACKENDS.names())}")
-    return BACKENDS.get(config.backend)
 
 
 def with_cache(model: ChatModel, cache: CacheConfig | None) -> ChatModel:
