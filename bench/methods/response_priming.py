@@ -102,12 +102,12 @@ class ResponsePrimingKD(LoRATrainingMethod):
         return PrimedTeacher() if arm == "gt_finetune" else self.teacher_priming.prime(ctx, arm, examples)
 
     def _train_arm(self, ctx: RunContext, arm: str, examples: list[Example]) -> str:
-        """The arm's adapter folder: trained now, or found finished (its done-marker) by a resumed run."""
-        primed = self._setup_teacher_signal(ctx, arm, examples)
+        """The arm's adapter folder: found finished (its done-marker) by a resumed run, which then needs no teacher
+        signal, or trained now."""
         adapter = ctx.store.path(f"artifacts/{arm}/adapter")
         if ctx.store.phase_done(f"train_{arm}") and (adapter / "adapter_config.json").exists():
             return str(adapter)
-        return self.train(ctx, arm, examples, primed)
+        return self.train(ctx, arm, examples, self._setup_teacher_signal(ctx, arm, examples))
 
     def train(self, ctx: RunContext, arm: str, examples: list[Example], primed: PrimedTeacher) -> str:
         """Train the arm's LoRA adapter on the student (a fresh copy of its weights) and record its losses."""

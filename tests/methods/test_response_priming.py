@@ -62,6 +62,18 @@ def test_rerun_resumes_every_finished_phase(tmp_path: Path) -> None:
     assert all(arm["cached"] == arm["n"] for arm in metrics["arms"].values())  # no new generations
 
 
+def test_a_resumed_run_does_not_read_a_trained_arms_teacher_signal_back(tmp_path: Path, monkeypatch) -> None:
+    """A finished arm only needs its adapter: the resumed run loaded its teacher cache (teacher_topk.pt, the
+    largest artifact of a real run) from disk before finding that the arm was trained already."""
+    from bench.methods.rpkd_signal import TeacherPriming
+
+    execute(rpkd_config(tmp_path), progress=False)
+    loaded: list[str] = []
+    monkeypatch.setattr(TeacherPriming, "load", lambda self, ctx, arm: loaded.append(arm))
+    metrics = execute(rpkd_config(tmp_path), progress=False)
+    assert loaded == [] and "ground_truth" in metrics["training"]
+
+
 def test_sequence_level_keeps_only_accepted_teacher_solutions(tmp_path: Path) -> None:
     # The scripted teacher always answers 72: right for "Natalia" (train item 0), wrong for the others.
     with ScriptedServer(reply="48 / 2 = 24 and 48 + 24 = 72.\nThe answer is 72.") as teacher:
