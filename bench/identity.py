@@ -35,8 +35,10 @@ def without_paths(tree: dict, paths: tuple[str, ...]) -> dict:
 
 
 def identity_paths() -> tuple[str, ...]:
+    """NOT_IDENTITY_PATHS with each model path given for both roles, each path once."""
     model_paths = [p.partition(".")[2] for p in NOT_IDENTITY_PATHS if p.startswith(("student.", "teacher."))]
-    return (*NOT_IDENTITY_PATHS, *(f"{role}.{p}" for p in model_paths for role in ("student", "teacher")))
+    both = (f"{role}.{p}" for p in model_paths for role in ("student", "teacher"))
+    return tuple(dict.fromkeys((*NOT_IDENTITY_PATHS, *both)))
 
 
 def config_identity(config: DictConfig) -> str:

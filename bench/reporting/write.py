@@ -33,7 +33,7 @@ from bench.reporting.pivot import pivot_table
 from bench.reporting.plots import plots
 from bench.reporting.runs import Run, load_runs
 from bench.reporting.table import Table, to_latex, to_markdown
-from bench.tracking import atomic_write_bytes
+from bench.tracking import UNLOCKABLE_ERRNOS, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,11 @@ def regeneration_lock(folder: Path) -> Iterator[None]:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+# The run folder's list (bench/tracking.py), plus EIO: the report's lock is best effort (tables are rewritten
+# whole), so an I/O error from flock regenerates without it rather than failing a finished run.
+_REPORT_UNLOCKABLE = UNLOCKABLE_ERRNOS | {errno.EIO}
+
+
 def _take(fd: int, folder: Path, deadline: float) -> bool:
     """Whether the lock was taken: False when the file system refuses flock or the deadline passes."""
     while True:
@@ -73,7 +78,7 @@ def _take(fd: int, folder: Path, deadline: float) -> bool:
                 return False
             time.sleep(0.1)
         except OSError as error:
-            if error.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.EIO):
+            if error.errno not in _REPORT_UNLOCKABLE:
                 raise
             logger.warning("report: %s refuses flock (%s), as some network file systems do; regenerating "
                            "without the lock", folder, error.strerror or error)
