@@ -307,17 +307,19 @@ def fill_served_topk(teacher: ServedTeacher, sequences: dict[str, AlignedSequenc
         planned.append(example_id)
     rest_at = rest_temperature(temperature)
     bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
+    fresh: dict[str, tuple[tuple[torch.Tensor, ...], dict[str, int]]] = {}  # this call's answers, as stored
 
     def keep(example_id: str, parts: tuple[torch.Tensor, ...], billed: dict[str, int], rows: TopKRows) -> None:
         store.put(example_id, parts, billed)
+        fresh[example_id] = parts, dict(billed)
         if rest_at is None and vocab_size is not None and temperature is not None:
             bounds.append(tempered_rest_bounds(rows.logprobs, vocab_size, temperature))
 
     todo = [example_id for example_id in planned if example_id not in store]
     _ask_all(teacher, {i: sequences[i] for i in todo}, k, rest_at, keep, len(planned), progress)
     entries: dict[str, tuple[torch.Tensor, ...]] = {}
-    for example_id in planned:
-        entries[example_id], billed = store[example_id]
+    for example_id in planned:  # only the answers of an earlier, interrupted call are read from disk
+        entries[example_id], billed = fresh[example_id] if example_id in fresh else store[example_id]
         usage.calls += 1
         usage.prompt_tokens += billed["prompt_tokens"]
         usage.completion_tokens += billed["completion_tokens"]
