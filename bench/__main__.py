@@ -310,9 +310,9 @@ def main(config: DictConfig) -> float:
     """One job. Returns its headline metric (metrics.json `headline.value`), which Hydra hands to the sweeper: so
     `hydra/sweeper=optuna` (or Ax, Nevergrad) can optimise e.g. method.temperature over real runs."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
-        logger.info("multirun job %s", HydraConfig.get().job.num)
     multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+    if multirun:
+        logger.info("multirun job %s", HydraConfig.get().job.num)
     return float(execute(config, strict=not multirun)["headline"]["value"])
 
 

@@ -26,18 +26,18 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from bench.config import CONF_DIR
 from bench.methods import METHODS, method_class
 
 logger = logging.getLogger("bench")
 
 COMPARE = "compare"  # the study whose sub-runs take the options of each method under method.<name>
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "conf" / "experiments"
+PRESETS_DIR = CONF_DIR / "experiments"
 
 
 def method_options() -> tuple[str, ...]:
